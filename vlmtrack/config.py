@@ -1,0 +1,269 @@
+"""Typed configuration: dataclasses are the single source; YAML files and `section.key=value`
+overrides (CLI, MLproject parameters, Optuna trials) all end as one validated `Config`."""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+
+class ConfigError(ValueError):
+    pass
+
+
+@dataclass
+class DataConfig:
+    data_path: str = ""  # LLaVA-Pretrain json; "" = the embedded demo dataset
+    image_folder: str = ""  # image root; "" = the embedded demo images
+    dataset_name: str = ""  # names the golden file; "" = the data file's stem
+    max_samples: int = 0  # 0 = all; bounds train + eval (spec 5.1)
+    eval_size: int = 2000
+    split_mode: str = "stratified_len"
+    split_seed: int = 42
+    len_buckets: list[int] = field(default_factory=lambda: [0, 10, 20, 9999])
+    bucket_names: list[str] = field(default_factory=lambda: ["short", "medium", "long"])
+    golden_size: int = 64
+    golden_counts: list[int] = field(default_factory=lambda: [24, 20, 20])
+    golden_seed: int = 123
+    golden_set_path: str = ""  # "" = data/golden/<dataset>_golden<size>.jsonl
+    max_seq_len: int = 512
+    num_workers: int = 0
+
+
+@dataclass
+class ModelConfig:
+    llm: str = ""  # hub id or local path; "" = the embedded demo LM
+    vision: str = ""  # hub id or local path (SigLIP/CLIP); "" = the embedded demo tower
+    num_latents: int = 64
+    resampler_depth: int = 2
+    resampler_heads: int = 8
+    resampler_ffn_mult: int = 4
+    vision_ln: bool = False
+
+
+@dataclass
+class TrainConfig:
+    run_name: str = "demo"
+    output_dir: str = ""  # "" = outputs/<run_name>
+    num_epochs: int = 1
+    train_steps: int = 0  # > 0 overrides num_epochs (sweep trials)
+    batch_size: int = 4
+    gradient_accum: int = 1
+    lr: float = 1e-4
+    weight_decay: float = 0.0
+    warmup_steps: int = 0
+    lr_schedule: str = "constant"  # constant | cosine
+    max_grad_norm: float = 1.0
+    precision: str = "auto"  # auto (bf16 on CUDA, fp32 on CPU) | bf16 | fp32
+    device: str = "auto"
+    seed: int = 42
+    save_every: int = 1000
+    full_eval_every: str = "epoch"  # epoch | never | an integer number of steps
+    eval_at_steps: list[int] = field(default_factory=list)
+    quick_eval_size: int = 200
+    quick_eval_steps: int = 200  # 0 = no quick eval
+    run_golden_every: str = "save"  # save | epoch | end | never
+    progress_percent: float = 0.1
+    tqdm_disable: bool = True
+    log_every: int = 10
+    resume_from: str = ""
+
+
+@dataclass
+class EvalConfig:
+    batch_size: int = 16
+    ablation_samples: int = 256
+    ablation_seed: int = 0
+    run_ablations: bool = True
+    golden_batch_size: int = 8
+    temperature: float = 0.2
+    top_p: float = 0.9
+    max_new_tokens: int = 64
+    repetition_penalty: float = 1.0
+    generation_seed: int = 0
+
+
+@dataclass
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+    @property
+    def output_dir(self) -> Path:
+        return Path(self.train.output_dir or f"outputs/{self.train.run_name}")
+
+
+SECTIONS = {f.name: f.type for f in dataclasses.fields(Config)}
+
+
+def _suggest(key: str, valid: list[str]) -> str:
+    close = difflib.get_close_matches(key, valid, n=1, cutoff=0.5)
+    return f"; did you mean '{close[0]}'?" if close else f"; valid keys: {', '.join(valid)}"
+
+
+def _coerce(value, typ, where: str):
+    """YAML/CLI value -> the dataclass field's type, with errors that name the key."""
+    origin = typing.get_origin(typ)
+    if origin is list:
+        (item_t,) = typing.get_args(typ)
+        if isinstance(value, str):
+            value = yaml.safe_load(value if value.strip().startswith("[") else f"[{value}]")
+        if not isinstance(value, list):
+            raise ConfigError(f"{where}: expected a list, got {value!r}")
+        return [_coerce(v, item_t, f"{where}[{i}]") for i, v in enumerate(value)]
+    if typ is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "1", "yes", "on"):
+            return True
+        if isinstance(value, str) and value.lower() in ("false", "0", "no", "off"):
+            return False
+        raise ConfigError(f"{where}: expected true/false, got {value!r}")
+    if typ is int:
+        if isinstance(value, bool) or not isinstance(value, (int, str)):
+            raise ConfigError(f"{where}: expected an integer, got {value!r}")
+        try:
+            return int(value)
+        except ValueError:
+            raise ConfigError(f"{where}: expected an integer, got {value!r}") from None
+    if typ is float:
+        if isinstance(value, bool):
+            raise ConfigError(f"{where}: expected a number, got {value!r}")
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{where}: expected a number, got {value!r}") from None
+    if typ is str:
+        if isinstance(value, (dict, list)):
+            raise ConfigError(f"{where}: expected a string, got {value!r}")
+        return "" if value is None else str(value)
+    raise ConfigError(f"{where}: unsupported type {typ}")
+
+
+def _field_types(cls) -> dict:
+    hints = typing.get_type_hints(cls)
+    return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
+
+
+def set_key(cfg: Config, dotted: str, value) -> None:
+    """Sets `section.key` on cfg with type coercion; unknown keys name the nearest valid key."""
+    if "." not in dotted:
+        raise ConfigError(f"'{dotted}': keys are 'section.key' (sections: {', '.join(SECTIONS)})")
+    section, key = dotted.split(".", 1)
+    if section not in SECTIONS:
+        raise ConfigError(f"unknown config section '{section}'" + _suggest(section, list(SECTIONS)))
+    sub = getattr(cfg, section)
+    types = _field_types(type(sub))
+    if key not in types:
+        valid = [f"{section}.{k}" for k in types]
+        raise ConfigError(f"unknown config key '{dotted}'" + _suggest(f"{section}.{key}", valid))
+    setattr(sub, key, _coerce(value, types[key], dotted))
+
+
+def from_dict(raw: dict, source: str = "config") -> Config:
+    cfg = Config()
+    if raw is None:
+        return cfg
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: top level must be a mapping of sections")
+    for section, body in raw.items():
+        if section not in SECTIONS:
+            raise ConfigError(f"{source}: unknown section '{section}'" + _suggest(section, list(SECTIONS)))
+        if not isinstance(body, dict):
+            raise ConfigError(f"{source}: section '{section}' must be a mapping")
+        for key, value in body.items():
+            try:
+                set_key(cfg, f"{section}.{key}", value)
+            except ConfigError as e:
+                raise ConfigError(f"{source}: {e}") from None
+    return cfg
+
+
+def parse_override(text: str) -> tuple[str, str]:
+    if "=" not in text:
+        raise ConfigError(f"override '{text}' must look like section.key=value (e.g. train.lr=2e-4)")
+    key, value = text.split("=", 1)
+    return key.strip(), value.strip()
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    if path:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"config file '{p}' does not exist")
+        try:
+            raw = yaml.safe_load(p.read_text())
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{p}: not valid YAML: {e}") from None
+        cfg = from_dict(raw, str(p))
+    else:
+        cfg = Config()
+    for item in overrides:
+        key, value = parse_override(item)
+        set_key(cfg, key, yaml.safe_load(value) if value else value)
+    validate(cfg)
+    return cfg
+
+
+def validate(cfg: Config) -> None:
+    d, t, m, e = cfg.data, cfg.train, cfg.model, cfg.eval
+    problems = []
+    edges = d.len_buckets
+    if len(edges) < 2 or any(b <= a for a, b in zip(edges, edges[1:])):
+        problems.append(f"data.len_buckets must be strictly increasing with ≥2 edges, got {edges}")
+    if len(d.bucket_names) != len(edges) - 1:
+        problems.append(f"data.bucket_names needs {len(edges) - 1} names for {edges}, got {d.bucket_names}")
+    if len(d.golden_counts) != len(edges) - 1 or sum(d.golden_counts) != d.golden_size:
+        problems.append(
+            f"data.golden_counts {d.golden_counts} must have one count per bucket and sum to "
+            f"data.golden_size={d.golden_size}"
+        )
+    if d.split_mode not in ("stratified_len", "random"):
+        problems.append(f"data.split_mode must be stratified_len or random, got '{d.split_mode}'")
+    for name, v in [("data.eval_size", d.eval_size), ("data.max_seq_len", d.max_seq_len),
+                    ("model.num_latents", m.num_latents), ("train.batch_size", t.batch_size),
+                    ("train.gradient_accum", t.gradient_accum), ("eval.batch_size", e.batch_size),
+                    ("train.save_every", t.save_every)]:
+        if v <= 0:
+            problems.append(f"{name} must be positive, got {v}")
+    if d.max_samples and d.max_samples <= d.eval_size:
+        problems.append(f"data.max_samples={d.max_samples} leaves no training data after data.eval_size={d.eval_size}")
+    if t.lr <= 0:
+        problems.append(f"train.lr must be positive, got {t.lr}")
+    if t.weight_decay < 0:
+        problems.append(f"train.weight_decay must be ≥ 0, got {t.weight_decay}")
+    if t.precision not in ("auto", "bf16", "fp32"):
+        problems.append(f"train.precision must be auto, bf16 or fp32, got '{t.precision}'")
+    if t.lr_schedule not in ("constant", "cosine"):
+        problems.append(f"train.lr_schedule must be constant or cosine, got '{t.lr_schedule}'")
+    if t.run_golden_every not in ("save", "epoch", "end", "never"):
+        problems.append(f"train.run_golden_every must be save, epoch, end or never, got '{t.run_golden_every}'")
+    if t.full_eval_every not in ("epoch", "never") and not t.full_eval_every.isdigit():
+        problems.append(f"train.full_eval_every must be epoch, never or a step count, got '{t.full_eval_every}'")
+    if not 0 < t.progress_percent <= 1:
+        problems.append(f"train.progress_percent must be in (0, 1], got {t.progress_percent}")
+    if m.resampler_heads <= 0 or m.resampler_depth <= 0:
+        problems.append("model.resampler_heads and model.resampler_depth must be positive")
+    if not 0 < e.top_p <= 1 or e.temperature < 0:
+        problems.append(f"eval.top_p must be in (0, 1] and eval.temperature ≥ 0, got {e.top_p}, {e.temperature}")
+    if problems:
+        raise ConfigError("invalid config:\n  " + "\n  ".join(problems))
+
+
+def to_dict(cfg: Config) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+def flatten(cfg: Config) -> dict[str, object]:
+    return {f"{s}.{k}": v for s, body in to_dict(cfg).items() for k, v in body.items()}
+
+
+def dump_yaml(cfg: Config, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))

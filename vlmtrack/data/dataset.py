@@ -1,0 +1,106 @@
+"""Dataset + collate: the Batch every consumer (train, eval, ablations, golden) reads."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from PIL import Image
+
+from vlmtrack.data.llava import DataError, Sample, SampleMeta, resolve_image
+from vlmtrack.data.prompt import IGNORE_INDEX, encode_sample
+
+
+@dataclass
+class Batch:
+    input_ids: torch.Tensor  # [B, T], visual positions hold the image token id
+    attention_mask: torch.Tensor  # [B, T]
+    labels: torch.Tensor  # [B, T], IGNORE_INDEX outside caption + end-of-turn
+    pixel_values: torch.Tensor  # [B, 3, H, W]
+    bucket: list[str]
+    label_len: torch.Tensor  # [B] spec 1.1 caption length
+    num_supervised: torch.Tensor  # [B] label tokens after truncation
+    truncated: torch.Tensor  # [B] bool
+    ids: list[str]
+    image_relpaths: list[str]
+
+    def to(self, device) -> "Batch":
+        for name in ("input_ids", "attention_mask", "labels", "pixel_values"):
+            setattr(self, name, getattr(self, name).to(device, non_blocking=True))
+        return self
+
+    def __len__(self) -> int:
+        return self.input_ids.shape[0]
+
+
+def load_image(image_root: Path, relpath: str) -> Image.Image:
+    path = resolve_image(image_root, relpath)
+    try:
+        with Image.open(path) as im:
+            im.load()
+            return im.convert("RGB")
+    except FileNotFoundError:
+        raise DataError(f"image '{relpath}' not found under {image_root}") from None
+    except OSError as e:
+        raise DataError(f"image '{relpath}' cannot be decoded: {e}") from None
+
+
+class CaptionDataset(torch.utils.data.Dataset):
+    """Samples at `positions` (into the reader's list); text encoded and images loaded on access."""
+
+    def __init__(self, samples: list[Sample], metas: list[SampleMeta], positions: list[int], tokenizer,
+                 image_processor, image_root: Path, image_token_id: int, num_latents: int, max_seq_len: int):
+        self.samples, self.metas, self.positions = samples, metas, positions
+        self.tokenizer, self.image_processor, self.image_root = tokenizer, image_processor, image_root
+        self.image_token_id, self.num_latents, self.max_seq_len = image_token_id, num_latents, max_seq_len
+
+    def __len__(self) -> int:
+        return len(self.positions)
+
+    def pixels(self, relpath: str) -> torch.Tensor:
+        image = load_image(self.image_root, relpath)
+        return self.image_processor(images=image, return_tensors="pt")["pixel_values"][0]
+
+    def __getitem__(self, k: int) -> dict:
+        i = self.positions[k]
+        s, m = self.samples[i], self.metas[i]
+        enc = encode_sample(self.tokenizer, s.human, s.caption, self.image_token_id, self.num_latents, self.max_seq_len)
+        return {
+            "input_ids": enc.input_ids, "labels": enc.labels, "pixel_values": self.pixels(s.image_relpath),
+            "bucket": m.bucket, "label_len": enc.label_len, "num_supervised": enc.num_supervised,
+            "truncated": enc.truncated, "id": s.id, "image_relpath": s.image_relpath,
+        }
+
+
+def collate(items: list[dict], pad_id: int) -> Batch:
+    """Right-padded training/eval batch."""
+    width = max(len(it["input_ids"]) for it in items)
+    ids = torch.full((len(items), width), pad_id, dtype=torch.long)
+    labels = torch.full((len(items), width), IGNORE_INDEX, dtype=torch.long)
+    mask = torch.zeros((len(items), width), dtype=torch.long)
+    for r, it in enumerate(items):
+        n = len(it["input_ids"])
+        ids[r, :n] = torch.tensor(it["input_ids"])
+        labels[r, :n] = torch.tensor(it["labels"])
+        mask[r, :n] = 1
+    return Batch(
+        input_ids=ids, attention_mask=mask, labels=labels,
+        pixel_values=torch.stack([it["pixel_values"] for it in items]),
+        bucket=[it["bucket"] for it in items],
+        label_len=torch.tensor([it["label_len"] for it in items]),
+        num_supervised=torch.tensor([it["num_supervised"] for it in items]),
+        truncated=torch.tensor([it["truncated"] for it in items]),
+        ids=[it["id"] for it in items], image_relpaths=[it["image_relpath"] for it in items],
+    )
+
+
+def collate_prompts(prompts: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Left-padded prompts for generation, so every row's next token follows its own last prompt token."""
+    width = max(len(p) for p in prompts)
+    ids = torch.full((len(prompts), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(prompts), width), dtype=torch.long)
+    for r, p in enumerate(prompts):
+        ids[r, width - len(p):] = torch.tensor(p)
+        mask[r, width - len(p):] = 1
+    return ids, mask
+

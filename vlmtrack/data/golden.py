@@ -1,0 +1,62 @@
+"""The golden set (spec 3.1): a fixed sample of the eval split, saved once and reused forever."""
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+from pathlib import Path
+
+from vlmtrack.data.llava import DataError, Sample, SampleMeta
+from vlmtrack.data.split import Split, allocate
+
+
+def default_golden_path(dataset_name: str, size: int) -> Path:
+    return Path("data/golden") / f"{dataset_name}_golden{size}.jsonl"
+
+
+def build_golden(split: Split, metas: list[SampleMeta], samples: list[Sample], names: list[str],
+                 counts: list[int], seed: int) -> list[dict]:
+    rng = random.Random(seed)
+    by_bucket = {b: sorted((i for i in split.eval if metas[i].bucket == b), key=lambda i: metas[i].id) for b in names}
+    take = allocate(counts, [len(by_bucket[b]) for b in names])
+    items = []
+    for b, n in zip(names, take):
+        for i in rng.sample(by_bucket[b], n):
+            items.append({
+                "id": metas[i].id,
+                "image_relpath": metas[i].image_relpath,
+                "gt_text": samples[i].caption,
+                "bucket": b,
+                "label_len": metas[i].label_len,
+                "split_hash": split.eval_hash,
+            })
+    return items
+
+
+def golden_hash(items: list[dict]) -> str:
+    return hashlib.sha256(json.dumps([it["id"] for it in items]).encode()).hexdigest()[:16]
+
+
+def load_or_create_golden(path: Path, split: Split, metas: list[SampleMeta], samples: list[Sample],
+                          names: list[str], counts: list[int], seed: int) -> list[dict]:
+    """Creates the file on first use; afterwards checks it still belongs to this eval split and
+    fails with a clear message, never regenerating it silently."""
+    if path.exists():
+        items = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        eval_ids = {metas[i].id for i in split.eval}
+        strangers = [it.get("id") for it in items if it.get("id") not in eval_ids]
+        if strangers:
+            raise DataError(
+                f"golden set {path} holds {len(strangers)} item(s) not in this run's eval split "
+                f"(e.g. id={strangers[0]}; it was drawn from split {items[0].get('split_hash')}, this run's is "
+                f"{split.eval_hash}): point data.golden_set_path elsewhere, or delete the file to draw a new set"
+            )
+        if len(items) != sum(counts):
+            raise DataError(f"golden set {path} has {len(items)} items, data.golden_counts asks for {sum(counts)}")
+        return items
+    items = build_golden(split, metas, samples, names, counts, seed)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text("".join(json.dumps(it) + "\n" for it in items))
+    tmp.replace(path)
+    return items

@@ -1,0 +1,148 @@
+"""LLaVA-Pretrain reader: `[{id, image, conversations: [{from: human, value}, {from: gpt, value}]}]`.
+
+Metadata is validated up front and every bad record is reported (id + reason) before anything
+trains; images are only opened by the dataset.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+
+from vlmtrack.data.prompt import IMAGE_TOKEN
+
+
+class DataError(ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class Sample:
+    index: int  # position in the data file
+    id: str
+    image_relpath: str
+    human: str
+    caption: str
+
+
+@dataclass(frozen=True)
+class SampleMeta:
+    index: int
+    id: str
+    image_relpath: str
+    label_len: int
+    bucket: str
+
+
+def read_json_list(path: Path) -> list:
+    if not path.is_file():
+        raise DataError(f"data file '{path}' does not exist: set data.data_path to a LLaVA-Pretrain json")
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise DataError(f"data file '{path}' is not valid JSON ({e.msg} at line {e.lineno}): is it truncated?") from None
+    except UnicodeDecodeError as e:
+        raise DataError(f"data file '{path}' is not UTF-8 text: {e}") from None
+    if not isinstance(raw, list):
+        raise DataError(f"data file '{path}' must hold a JSON list of records, found {type(raw).__name__}")
+    return raw
+
+
+def check_relpath(relpath: str) -> str | None:
+    """Why an image path may not be used, or None: it must stay under the image root."""
+    if not relpath or not relpath.strip():
+        return "empty image path"
+    p = PurePosixPath(relpath.replace("\\", "/"))
+    if p.is_absolute() or relpath[1:3] == ":/" or relpath[1:3] == ":\\":
+        return f"image path '{relpath}' is absolute; paths must be relative to data.image_folder"
+    if ".." in p.parts:
+        return f"image path '{relpath}' escapes the image root with '..'"
+    return None
+
+
+def resolve_image(image_root: Path, relpath: str) -> Path:
+    problem = check_relpath(relpath)
+    if problem:
+        raise DataError(problem)
+    root = image_root.resolve()
+    path = (root / relpath).resolve()
+    if root not in path.parents:  # symlinks pointing outside the root
+        raise DataError(f"image path '{relpath}' resolves outside the image root {root}")
+    return path
+
+
+def _turn(conversations: list, speaker: str) -> str | None:
+    for turn in conversations:
+        if isinstance(turn, dict) and turn.get("from") == speaker:
+            value = turn.get("value")
+            return value if isinstance(value, str) else None
+    return None
+
+
+def parse_record(index: int, rec) -> Sample | str:
+    """A Sample, or the reason the record is unusable."""
+    if not isinstance(rec, dict):
+        return f"record is a {type(rec).__name__}, not an object"
+    missing = [k for k in ("id", "image", "conversations") if k not in rec]
+    if missing:
+        return f"missing {', '.join(missing)}"
+    if not isinstance(rec["image"], str):
+        return "'image' must be a string path"
+    conv = rec["conversations"]
+    if not isinstance(conv, list) or not conv:
+        return "'conversations' must be a non-empty list"
+    human = _turn(conv, "human")
+    if human is None:
+        return "no human turn"
+    n_img = human.count(IMAGE_TOKEN)
+    if n_img != 1:
+        return f"human turn must contain exactly one {IMAGE_TOKEN} placeholder, found {n_img}"
+    caption = _turn(conv, "gpt")
+    if caption is None:
+        return "no gpt turn"
+    if not caption.strip():
+        return "empty caption (gpt turn is blank)"
+    problem = check_relpath(rec["image"])
+    if problem:
+        return problem
+    return Sample(index, str(rec["id"]), rec["image"], human, caption)
+
+
+def read_samples(data_path: Path) -> list[Sample]:
+    """Every record validated; all bad records are reported together, naming id and reason."""
+    raw = read_json_list(data_path)
+    samples, bad, seen = [], [], {}
+    for i, rec in enumerate(raw):
+        parsed = parse_record(i, rec)
+        rid = rec.get("id", f"<record {i}>") if isinstance(rec, dict) else f"<record {i}>"
+        if isinstance(parsed, str):
+            bad.append(f"id={rid}: {parsed}")
+            continue
+        if parsed.id in seen:
+            bad.append(f"id={rid}: duplicate id (also record {seen[parsed.id]})")
+            continue
+        seen[parsed.id] = i
+        samples.append(parsed)
+    if bad:
+        shown = "\n  ".join(bad[:50]) + (f"\n  ... and {len(bad) - 50} more" if len(bad) > 50 else "")
+        raise DataError(f"{data_path}: {len(bad)} bad record(s) of {len(raw)}; fix or remove them:\n  {shown}")
+    if not samples:
+        raise DataError(f"{data_path}: no records")
+    return samples
+
+
+def bucket_of(label_len: int, edges: list[int], names: list[str]) -> str:
+    """Bucket i holds edges[i] < label_len <= edges[i+1]; the first also holds 0, the last everything above."""
+    for name, upper in zip(names, edges[1:]):
+        if label_len <= upper:
+            return name
+    return names[-1]
+
+
+def get_metadata(samples: list[Sample], tokenizer, edges: list[int], names: list[str]) -> list[SampleMeta]:
+    """id, image_relpath, label_len, bucket for every sample, without decoding an image."""
+    ids = tokenizer([s.caption for s in samples], add_special_tokens=False)["input_ids"]
+    return [
+        SampleMeta(s.index, s.id, s.image_relpath, len(t), bucket_of(len(t), edges, names))
+        for s, t in zip(samples, ids)
+    ]

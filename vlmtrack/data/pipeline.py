@@ -1,0 +1,45 @@
+"""config -> reader -> metadata -> split -> golden set: everything a run needs before the model."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from vlmtrack.config import Config
+from vlmtrack.data.golden import default_golden_path, golden_hash, load_or_create_golden
+from vlmtrack.data.llava import DataError, Sample, SampleMeta, get_metadata, read_samples
+from vlmtrack.data.split import Split, content_hash, load_or_build_split
+
+
+@dataclass
+class RunData:
+    samples: list[Sample]
+    metas: list[SampleMeta]
+    split: Split
+    golden: list[dict]
+    golden_path: Path
+    golden_hash: str
+    image_root: Path
+    dataset_name: str
+
+
+def dataset_name(cfg: Config) -> str:
+    return cfg.data.dataset_name or Path(cfg.data.data_path).stem
+
+
+def prepare_data(cfg: Config, tokenizer, out_dir: Path) -> RunData:
+    d = cfg.data
+    data_path = Path(d.data_path)
+    image_root = Path(d.image_folder) if d.image_folder else data_path.parent
+    if not image_root.is_dir():
+        raise DataError(f"image folder '{image_root}' does not exist: set data.image_folder")
+    samples = read_samples(data_path)
+    metas = get_metadata(samples, tokenizer, d.len_buckets, d.bucket_names)
+    fingerprint = content_hash([[m.id, m.label_len] for m in metas])
+    split = load_or_build_split(
+        metas, d.bucket_names, out_dir, eval_size=d.eval_size, max_samples=d.max_samples, seed=d.split_seed,
+        mode=d.split_mode, edges=d.len_buckets, data_fingerprint=fingerprint,
+    )
+    name = dataset_name(cfg)
+    gpath = Path(d.golden_set_path) if d.golden_set_path else default_golden_path(name, d.golden_size)
+    golden = load_or_create_golden(gpath, split, metas, samples, d.bucket_names, d.golden_counts, d.golden_seed)
+    return RunData(samples, metas, split, golden, gpath, golden_hash(golden), image_root, name)
