@@ -1,0 +1,36 @@
+import math
+
+import torch
+
+from vlmtrack.eval.ablations import ablation_metrics
+from vlmtrack.eval.evaluate import LossSums
+from vlmtrack.eval.golden_gen import generated_part
+
+
+def test_bucket_losses_recombine_with_token_counts():
+    s = LossSums()
+    rows = [("short", 12.0, 5), ("short", 3.0, 4), ("medium", 40.0, 15), ("long", 75.0, 30), ("long", 33.0, 22)]
+    for b, loss, n in rows:
+        s.add(b, loss, n, truncated=False)
+    m = s.metrics()
+    assert math.isclose(m["eval_loss"], sum(r[1] for r in rows) / sum(r[2] for r in rows))
+    recombined = sum(m[f"eval_loss_{b}"] * m[f"eval_label_tokens_{b}"] for b in ("short", "medium", "long"))
+    assert math.isclose(recombined / m["eval_label_tokens_total"], m["eval_loss"])
+    assert m["eval_examples_total"] == 5 and m["eval_examples_long"] == 2 and m["eval_truncated_pct"] == 0
+
+
+def test_ablation_order_and_deltas():
+    m = ablation_metrics({"correct": 1.0, "shuffled": 1.5, "zero": 2.0, "noise": 1.8})
+    assert m["delta_shuffle"] == 0.5 and m["delta_zero"] == 1.0 and math.isclose(m["delta_noise"], 0.8)
+    assert m["ablation_correct_lt_shuffled"] == 1 and m["ablation_shuffled_lt_zero"] == 1
+    assert m["ablation_zero_lt_noise"] == 0 and m["ablation_order_ok"] == 0
+
+
+def test_generated_part_keeps_new_tokens():
+    prompt = torch.tensor([[5, 6, 7, 8, 9, 10]])
+    only_new = torch.tensor([[11, 12]])  # generate(inputs_embeds=...) returns just these
+    assert torch.equal(generated_part(only_new, prompt), only_new)
+    with_prompt = torch.cat([prompt, only_new], 1)  # generate(input_ids=...) echoes the prompt
+    assert torch.equal(generated_part(with_prompt, prompt), only_new)
+    long_new = torch.tensor([[1, 2, 3, 4, 5, 6, 7, 8]])  # longer than the prompt, but not the prompt
+    assert torch.equal(generated_part(long_new, prompt), long_new)

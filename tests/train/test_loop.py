@@ -1,0 +1,99 @@
+import json
+
+import pytest
+import torch
+
+from tests.helpers.tiny_models import tiny_config
+from vlmtrack.model import backbone as backbone_mod
+from vlmtrack.tracking.base import JsonlTracker
+from vlmtrack.train import checkpoint as ckpt
+from vlmtrack.train import loop
+
+
+def test_training_moves_only_the_connector_and_writes_everything(tiny_paths, tmp_path, monkeypatch):
+    loaded = {}
+    real_load = backbone_mod.load_backbone
+
+    def spy(*a, **kw):
+        loaded["bb"] = real_load(*a, **kw)
+        loaded["before"] = {n: p.clone() for n, p in loaded["bb"].llm.named_parameters()}
+        loaded["tower"] = {n: p.clone() for n, p in loaded["bb"].tower.named_parameters()}
+        return loaded["bb"]
+
+    monkeypatch.setattr(loop, "load_backbone", spy)
+    out = tmp_path / "run"
+    tracker = JsonlTracker()
+    m = loop.train(tiny_config(tiny_paths, out), tracker, log=lambda *_: None)
+    bb = loaded["bb"]
+    assert all(torch.equal(p, loaded["before"][n]) for n, p in bb.llm.named_parameters())
+    assert all(torch.equal(p, loaded["tower"][n]) for n, p in bb.tower.named_parameters())
+    first, _ = ckpt.load_connector_weights(out / "checkpoints" / "step_4")
+    last, meta = ckpt.load_connector_weights(out / "checkpoints" / "step_8")
+    assert any(not torch.equal(first[k], last[k]) for k in first)
+    assert meta["connector"]["num_latents"] == 4 and meta["llm"] == str(tiny_paths["llm"])
+    # metrics.json: final eval overall + buckets, ablations, step-time stats, score
+    doc = json.loads((out / "metrics.json").read_text())
+    assert doc == json.loads(json.dumps(m))
+    assert {"eval_loss", "eval_loss_short", "eval_loss_medium", "eval_loss_long",
+            "eval_label_tokens_total", "eval_examples_total", "eval_truncated_pct"} <= set(doc["final_eval"])
+    assert doc["final_eval"]["eval_examples_total"] == 48
+    assert {"delta_shuffle", "delta_zero", "delta_noise", "ablation_order_ok"} <= set(doc["ablations"])
+    assert {"step_time_mean_s", "step_time_p50_s", "step_time_p90_s", "step_time_max_s",
+            "data_wait_share"} <= set(doc["step_time"])
+    assert doc["score"] == pytest.approx(doc["final_eval"]["eval_loss"]
+                                         - 0.1 * (doc["ablations"]["delta_shuffle"] + doc["ablations"]["delta_zero"]))
+    # golden dumps at each save, one non-empty prediction per item, generated from inputs_embeds
+    for step in (4, 8):
+        rows = [json.loads(x) for x in (out / "qual" / f"step_{step}_golden6.jsonl").read_text().splitlines()]
+        assert len(rows) == 6 and all(r["pred_text"] for r in rows)
+        assert set(rows[0]) == {"id", "bucket", "gt_text", "pred_text", "image_relpath", "label_len",
+                                "pred_tokens_len", "pred_hash"}
+    assert [s for s, _ in tracker.metrics("quick_eval_loss")] == [4]
+    assert [s for s, _ in tracker.metrics("train_loss")] == [2, 4, 6, 8]
+    assert (out / "splits" / "split_seed42_eval48.json").exists() and (out / "config.yaml").exists()
+
+
+def test_kill_and_resume_matches_uninterrupted_run(tiny_paths, tmp_path, monkeypatch):
+    full = loop.train(tiny_config(tiny_paths, tmp_path / "full", gradient_accum=2), JsonlTracker(),
+                      log=lambda *_: None)
+
+    real_save = ckpt.save_checkpoint
+
+    def save_then_die(out_dir, step, *a, **kw):
+        path = real_save(out_dir, step, *a, **kw)
+        if step == 4:
+            raise KeyboardInterrupt("killed after the step-4 checkpoint")
+        return path
+
+    monkeypatch.setattr(ckpt, "save_checkpoint", save_then_die)
+    cfg = tiny_config(tiny_paths, tmp_path / "resumed", gradient_accum=2)
+    with pytest.raises(KeyboardInterrupt):
+        loop.train(cfg, JsonlTracker(), log=lambda *_: None)
+    monkeypatch.setattr(ckpt, "save_checkpoint", real_save)
+    cfg.train.resume_from = "latest"
+    resumed = loop.train(cfg, JsonlTracker(), log=lambda *_: None)
+    assert resumed["final_eval"]["eval_loss"] == pytest.approx(full["final_eval"]["eval_loss"], abs=1e-6)
+    for b in ("short", "medium", "long"):
+        assert resumed["final_eval"][f"eval_loss_{b}"] == pytest.approx(full["final_eval"][f"eval_loss_{b}"], abs=1e-6)
+    assert resumed["ablations"]["delta_shuffle"] == pytest.approx(full["ablations"]["delta_shuffle"], abs=1e-6)
+
+
+def test_nan_loss_stops_with_clear_error_and_keeps_last_good_checkpoint(tiny_paths, tmp_path, monkeypatch):
+    calls = {"n": 0}
+    real = loop.batch_losses
+
+    def poisoned(*a, **kw):
+        calls["n"] += 1
+        out = real(*a, **kw)
+        return out * float("nan") if calls["n"] == 6 else out  # the 6th training batch
+
+    monkeypatch.setattr(loop, "batch_losses", poisoned)
+    tracker = JsonlTracker()
+    out = tmp_path / "nan"
+    with pytest.raises(loop.NonFiniteLossError, match="non-finite loss at or before step 6") as err:
+        loop.train(tiny_config(tiny_paths, out, quick_eval_steps=0), tracker, log=lambda *_: None)
+    assert "step_4" in str(err.value)
+    assert ckpt.latest_checkpoint(out).name == "step_4"
+    weights, _ = ckpt.load_connector_weights(out / "checkpoints" / "step_4")
+    assert all(torch.isfinite(w).all() for w in weights.values())
+    assert tracker.status == "FAILED"

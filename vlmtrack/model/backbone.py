@@ -1,0 +1,117 @@
+"""The frozen part of the VLM: vision tower + LLM, loaded through `from_pretrained`, and the two
+passes every connector shares: vision features once per batch, and the LLM over the stacked
+sequences of all connectors, with the loss only at label positions."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from transformers import AutoImageProcessor, AutoModel, AutoModelForCausalLM, AutoTokenizer
+
+from vlmtrack.data.prompt import IGNORE_INDEX, add_image_token
+
+VISION_MODES = ("correct", "shuffled", "zero", "noise")
+
+
+class ModelLoadError(ValueError):
+    pass
+
+
+def _from_pretrained(loader, path: str, what: str, **kw):
+    try:
+        return loader.from_pretrained(path, **kw)
+    except OSError as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ModelLoadError(
+            f"cannot load {what} from '{path}': {first} (give an existing local path, or a hub id with network "
+            "access / a populated HF cache)"
+        ) from None
+
+
+@dataclass
+class Backbone:
+    llm: nn.Module
+    tower: nn.Module
+    tokenizer: object
+    image_processor: object
+    image_token_id: int
+    pad_id: int
+
+    @property
+    def llm_dim(self) -> int:
+        return self.llm.get_input_embeddings().embedding_dim
+
+    @property
+    def vision_dim(self) -> int:
+        return self.tower.config.hidden_size
+
+    def to(self, device) -> "Backbone":
+        self.llm.to(device)
+        self.tower.to(device)
+        return self
+
+    @torch.no_grad()
+    def vision_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        return self.tower(pixel_values=pixel_values).last_hidden_state
+
+    def embed(self, input_ids: torch.Tensor, visual: torch.Tensor) -> torch.Tensor:
+        """Token embeddings with the image positions (num_latents per row) replaced by visual tokens."""
+        is_image = input_ids == self.image_token_id
+        embeds = self.llm.get_input_embeddings()(input_ids.masked_fill(is_image, self.pad_id))
+        return embeds.masked_scatter(is_image.unsqueeze(-1), visual.to(embeds.dtype))
+
+    def token_losses(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor,
+                     visual: torch.Tensor) -> torch.Tensor:
+        """Summed next-token loss per row. visual is [K, B, L, H] (K connectors); the LLM runs once
+        over the K*B stacked sequences; returns [K, B]. Logits are formed only at label positions."""
+        k, b = visual.shape[:2]
+        ids = input_ids.repeat(k, 1)
+        embeds = self.embed(ids, visual.reshape(k * b, *visual.shape[2:]))
+        hidden = self.llm.model(inputs_embeds=embeds, attention_mask=attention_mask.repeat(k, 1)).last_hidden_state
+        targets = labels[:, 1:].repeat(k, 1)
+        at = targets != IGNORE_INDEX
+        rows = at.nonzero()[:, 0]
+        logits = self.llm.lm_head(hidden[:, :-1][at]).float()
+        per_token = nn.functional.cross_entropy(logits, targets[at], reduction="none")
+        sums = torch.zeros(k * b, device=per_token.device, dtype=per_token.dtype).index_add_(0, rows, per_token)
+        return sums.view(k, b)
+
+
+def load_backbone(llm_path: str, vision_path: str, dtype: torch.dtype = torch.float32) -> Backbone:
+    tokenizer = _from_pretrained(AutoTokenizer, llm_path, "tokenizer")
+    image_token_id = add_image_token(tokenizer)
+    llm = _from_pretrained(AutoModelForCausalLM, llm_path, "LLM", dtype=dtype)
+    tower = _from_pretrained(AutoModel, vision_path, "vision tower", dtype=dtype)
+    tower = getattr(tower, "vision_model", tower)  # SiglipModel / CLIPModel -> their vision tower
+    image_processor = _from_pretrained(AutoImageProcessor, vision_path, "image processor")
+    for module in (llm, tower):
+        module.eval()
+        module.requires_grad_(False)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    return Backbone(llm, tower, tokenizer, image_processor, image_token_id, pad_id)
+
+
+def derangement(n: int, generator: torch.Generator) -> torch.Tensor:
+    """A permutation with no fixed point: one random cycle through all n rows."""
+    if n < 2:
+        raise ValueError("a derangement needs at least 2 samples in the batch")
+    order = torch.randperm(n, generator=generator)
+    perm = torch.empty(n, dtype=torch.long)
+    perm[order] = order.roll(-1)
+    return perm
+
+
+def ablate(features: torch.Tensor, mode: str, generator: torch.Generator) -> torch.Tensor:
+    """What the connector sees under each vision ablation; applied to the frozen tower's output, before
+    vision_ln, so every connector of a sweep sees the same ablated input."""
+    if mode == "correct":
+        return features
+    if mode == "shuffled":
+        return features[derangement(features.shape[0], generator).to(features.device)]
+    if mode == "zero":
+        return torch.zeros_like(features)
+    if mode == "noise":
+        noise = torch.randn(features.shape, generator=generator, dtype=torch.float32).to(features.device)
+        return (noise * features.float().std() + features.float().mean()).to(features.dtype)
+    raise ValueError(f"unknown vision_mode '{mode}': use one of {', '.join(VISION_MODES)}")

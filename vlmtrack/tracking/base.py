@@ -1,0 +1,69 @@
+"""The tracker interface the loop and eval talk to. MLflow lives behind it (tracking/mlflow_tracker.py);
+`JsonlTracker` keeps everything in memory and in a JSON-lines file, for tests and server-less runs."""
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from pathlib import Path
+from typing import Protocol
+
+
+class Tracker(Protocol):
+    run_id: str | None
+
+    def log_params(self, params: dict) -> None: ...
+    def set_tags(self, tags: dict) -> None: ...
+    def log_metrics(self, metrics: dict, step: int) -> None: ...
+    def log_table(self, rows: list[dict], artifact_file: str, image_root: Path | None = None,
+                  image_column: str | None = None) -> None: ...
+    def log_artifact(self, path: Path, artifact_path: str | None = None) -> None: ...
+    def log_figure(self, figure, artifact_file: str) -> None: ...
+    def finish(self, status: str = "FINISHED", error: str | None = None) -> None: ...
+
+
+class JsonlTracker:
+    """Every call recorded as an event (in `events`, and appended to `path` when given)."""
+
+    def __init__(self, path: Path | None = None, artifact_dir: Path | None = None):
+        self.run_id = None
+        self.path, self.artifact_dir = path, artifact_dir
+        self.events: list[dict] = []
+        self.status: str | None = None
+
+    def _emit(self, kind: str, **body) -> None:
+        event = {"kind": kind, "time": time.time(), **body}
+        self.events.append(event)
+        if self.path:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            with self.path.open("a") as f:
+                f.write(json.dumps(event, default=str) + "\n")
+
+    def metrics(self, name: str) -> list[tuple[int, float]]:
+        return [(e["step"], e["metrics"][name]) for e in self.events if e["kind"] == "metrics" and name in e["metrics"]]
+
+    def log_params(self, params: dict) -> None:
+        self._emit("params", params=params)
+
+    def set_tags(self, tags: dict) -> None:
+        self._emit("tags", tags=tags)
+
+    def log_metrics(self, metrics: dict, step: int) -> None:
+        self._emit("metrics", metrics={k: float(v) for k, v in metrics.items()}, step=step)
+
+    def log_table(self, rows, artifact_file, image_root=None, image_column=None) -> None:
+        self._emit("table", artifact_file=artifact_file, rows=len(rows), columns=sorted(rows[0]) if rows else [])
+
+    def log_artifact(self, path: Path, artifact_path: str | None = None) -> None:
+        if self.artifact_dir:
+            dest = self.artifact_dir / (artifact_path or "")
+            dest.mkdir(parents=True, exist_ok=True)
+            (shutil.copytree if Path(path).is_dir() else shutil.copy2)(path, dest / Path(path).name)
+        self._emit("artifact", path=str(path), artifact_path=artifact_path)
+
+    def log_figure(self, figure, artifact_file: str) -> None:
+        self._emit("figure", artifact_file=artifact_file)
+
+    def finish(self, status: str = "FINISHED", error: str | None = None) -> None:
+        self.status = status
+        self._emit("finish", status=status, error=error)
