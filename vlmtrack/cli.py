@@ -1,11 +1,79 @@
-"""Thin command line: parses arguments and calls the factories in order; holds no logic."""
+"""Thin command line: parses arguments and calls the factories in order; holds no logic.
+
+    vlmtrack train   [--config FILE] [section.key=value ...]   one training run, tracked in MLflow
+    vlmtrack ablate  CHECKPOINT [section.key=value ...]         vision ablations on a saved connector
+    vlmtrack golden  CHECKPOINT [section.key=value ...]         golden captions from a saved connector
+    vlmtrack build-demo                                         build the embedded demo assets
+"""
 from __future__ import annotations
 
 import argparse
+import shlex
 import sys
 
-from vlmtrack.config import ConfigError
+from vlmtrack.config import ConfigError, load_config
 from vlmtrack.data.llava import DataError
+from vlmtrack.model.backbone import ModelLoadError
+
+
+def _overrides(args) -> list[str]:
+    # MLproject passes all overrides as one string parameter; by hand they come as separate words
+    return [item for word in args.overrides for item in shlex.split(word)]
+
+
+def _train(args) -> None:
+    from vlmtrack.demo.assets import fill_demo_defaults
+    from vlmtrack.tracking.session import log_summary, tracked_run
+    from vlmtrack.train.loop import train
+
+    cfg = load_config(args.config, _overrides(args))
+    fill_demo_defaults(cfg)
+    with tracked_run(cfg, args.config, experiment=args.experiment) as tracker:
+        print(f"[mlflow] run {tracker.run_id}")
+        metrics = train(cfg, tracker)
+        log_summary(tracker, cfg, metrics)
+    print(f"[done] metrics: {cfg.output_dir / 'metrics.json'}")
+
+
+def _ablate(args) -> None:
+    from vlmtrack.eval.ablations import run_ablations
+    from vlmtrack.eval.checkpoint_eval import ablation_batches, eval_dataset, load_checkpoint
+    from vlmtrack.train.setup import loader
+    from vlmtrack.tracking.session import tracked_run
+
+    lc = load_checkpoint(args.checkpoint, _overrides(args))
+    dataset, batches = eval_dataset(lc), ablation_batches(lc)
+    result = run_ablations(lc.backbone, [lc.connector], lambda: loader(dataset, batches, lc.backbone.pad_id, 0),
+                           lc.device, lc.dtype, lc.cfg.eval.ablation_seed)[0]
+    for k, v in result.items():
+        print(f"{k}={v:.4f}")
+    if not args.no_track:
+        lc.cfg.train.run_name = f"ablate-{lc.cfg.train.run_name}-step{lc.step}"
+        with tracked_run(lc.cfg, experiment=args.experiment) as tracker:
+            tracker.set_tags({"checkpoint": args.checkpoint, "split_hash": lc.data.split.eval_hash})
+            tracker.log_metrics(result, lc.step)
+
+
+def _golden(args) -> None:
+    from vlmtrack.eval.checkpoint_eval import load_checkpoint
+    from vlmtrack.eval.golden_gen import generate_golden, write_golden
+    from vlmtrack.tracking.session import tracked_run
+
+    lc = load_checkpoint(args.checkpoint, _overrides(args))
+    human = {s.id: s.human for s in lc.data.samples}
+    records = generate_golden(lc.backbone, [lc.connector], lc.data.golden, human, lc.data.image_root,
+                              lc.cfg.model.num_latents, lc.cfg.eval, lc.device, lc.dtype)[0]
+    path = write_golden(records, lc.cfg.output_dir, lc.step, len(records))
+    for r in records[:10]:
+        print(f"id={r['id']} | gt={r['gt_text']} | pred={r['pred_text']}")
+    print(f"[golden] {len(records)} captions -> {path}")
+    if not args.no_track:
+        lc.cfg.train.run_name = f"golden-{lc.cfg.train.run_name}-step{lc.step}"
+        with tracked_run(lc.cfg, experiment=args.experiment) as tracker:
+            tracker.set_tags({"checkpoint": args.checkpoint, "golden_hash": lc.data.golden_hash})
+            tracker.log_artifact(path, "qual")
+            tracker.log_table(records, f"golden/step_{lc.step}_golden{len(records)}.json",
+                              image_root=lc.data.image_root, image_column="image_relpath")
 
 
 def _build_demo(args) -> None:
@@ -16,8 +84,20 @@ def _build_demo(args) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="vlmtrack", description=__doc__)
+    p = argparse.ArgumentParser(prog="vlmtrack", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="command", required=True)
+    train = sub.add_parser("train", help="one training run, tracked in MLflow")
+    train.add_argument("--config", default=None, help="YAML config (default: the embedded demo)")
+    train.set_defaults(func=_train)
+    for name, func, text in [("ablate", _ablate, "vision ablations on a saved connector checkpoint"),
+                             ("golden", _golden, "golden-set captions from a saved connector checkpoint")]:
+        cmd = sub.add_parser(name, help=text)
+        cmd.add_argument("checkpoint", help="checkpoints/step_N folder or runs:/<run_id>/checkpoints/step_N")
+        cmd.add_argument("--no-track", action="store_true", help="print only, log nothing to MLflow")
+        cmd.set_defaults(func=func)
+    for cmd in (train, *[sub.choices[n] for n in ("ablate", "golden")]):
+        cmd.add_argument("--experiment", default=None, help="MLflow experiment (default: vlmtrack)")
+        cmd.add_argument("overrides", nargs="*", help="section.key=value, e.g. train.lr=2e-4 model.vision_ln=true")
     demo = sub.add_parser("build-demo", help="build (once) the embedded demo dataset and model bundle")
     demo.set_defaults(func=_build_demo)
     return p
@@ -27,9 +107,12 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         args.func(args)
-    except (ConfigError, DataError) as e:
+    except (ConfigError, DataError, ModelLoadError) as e:
         print(f"vlmtrack: error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("vlmtrack: interrupted; the run is marked KILLED, checkpoints written so far are kept", file=sys.stderr)
+        return 130
     return 0
 
 

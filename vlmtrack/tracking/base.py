@@ -65,5 +65,7 @@ class JsonlTracker:
         self._emit("figure", artifact_file=artifact_file)
 
     def finish(self, status: str = "FINISHED", error: str | None = None) -> None:
+        if self.status:  # the first status wins
+            return
         self.status = status
         self._emit("finish", status=status, error=error)

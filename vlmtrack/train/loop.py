@@ -169,9 +169,13 @@ def train_trials(trials: list[Trial], log=print) -> list[dict]:
 
     def save(at_step: int) -> None:
         for tr in active:
-            ckpt.save_checkpoint(tr.out_dir, at_step, tr.connector, tr.optimizer, tr.scheduler,
-                                 {"step": at_step, "global_sample_index": at_step * t.batch_size,
-                                  "evals": tr.evals, "timing": timing}, towers)
+            path = ckpt.save_checkpoint(tr.out_dir, at_step, tr.connector, tr.optimizer, tr.scheduler,
+                                        {"step": at_step, "global_sample_index": at_step * t.batch_size,
+                                         "evals": tr.evals, "timing": timing}, towers)
+            # weights + their description go to the tracker; optimizer state stays local (resume)
+            for name in ("connector.safetensors", "connector.json"):
+                tr.tracker.log_artifact(path / name, f"checkpoints/{path.name}")
+            tr.tracker.set_tags({"last_checkpoint": f"checkpoints/{path.name}"})
 
     batches = train_batches(train_set, t.batch_size, t.seed, step, backbone.pad_id, base.data.num_workers)
     window_tokens, sanity = 0, {"n": 0, "truncated": 0, "label_zero": 0, "label_tokens": 0}

@@ -1,0 +1,77 @@
+import json
+
+import mlflow
+import pytest
+from mlflow import MlflowClient
+
+from vlmtrack.tracking.mlflow_tracker import MlflowTracker
+
+
+@pytest.fixture
+def store(tmp_path, monkeypatch):
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.delenv("MLFLOW_RUN_ID", raising=False)
+    mlflow.set_tracking_uri(uri)
+    return MlflowClient(uri)
+
+
+def golden_rows(tiny_paths, n=6):
+    import os
+    images = sorted(p for p in tiny_paths["images"].rglob("*.jpg"))[:n]
+    return [{"id": str(i), "image_relpath": os.path.relpath(p, tiny_paths["images"]), "gt_text": f"gt {i}",
+             "pred_text": f"pred {i}", "bucket": "short", "label_len": 3} for i, p in enumerate(images)]
+
+
+def test_tables_share_images_and_render_as_mlflow_tables(store, tiny_paths):
+    tr = MlflowTracker(experiment="t", run_name="r")
+    rows = golden_rows(tiny_paths)
+    tr.log_table(rows, "golden/step_4_golden6.json", image_root=tiny_paths["images"], image_column="image_relpath")
+    tr.log_table(rows, "golden/step_8_golden6.json", image_root=tiny_paths["images"], image_column="image_relpath")
+    tr.log_params({"train.lr": 1e-3})
+    for step in range(25):
+        tr.log_metrics({"train_loss": 1.0 / (step + 1)}, step)
+    tr.finish()
+    run = store.get_run(tr.run_id)
+    assert run.info.status == "FINISHED" and run.data.params["train.lr"] == "0.001"
+    assert len(store.get_metric_history(tr.run_id, "train_loss")) == 25
+    images = [f.path for f in store.list_artifacts(tr.run_id, "golden/images")]
+    assert len(images) == 12  # 6 png + 6 webp thumbnails, once for both tables
+    logged = json.loads(run.data.tags["mlflow.loggedArtifacts"])
+    assert {"path": "golden/step_8_golden6.json", "type": "table"} in logged
+    table = store.load_table(run.info.experiment_id, "golden/step_8_golden6.json", run_ids=[tr.run_id])
+    assert len(table) == 6 and list(table.columns)[0] == "image"
+    cell = table["image"][0]
+    assert cell["type"] == "image" and cell["filepath"] in images and cell["compressed_filepath"] in images
+
+
+def test_tracking_errors_never_kill_the_run(store, capsys):
+    tr = MlflowTracker(experiment="t", run_name="flaky")
+
+    def boom(*a, **kw):
+        raise ConnectionError("tracking server went away")
+
+    real = tr.client.log_batch
+    tr.client.log_batch = boom
+    tr.log_metrics({"x": 1.0}, 0)
+    tr.flush()
+    tr.client.log_batch = real
+    tr.log_metrics({"x": 2.0}, 1)
+    tr.finish("FAILED", "some error")
+    assert any("tracking server went away" in e for e in tr.errors)
+    run = store.get_run(tr.run_id)
+    assert run.info.status == "FAILED" and run.data.tags["error"] == "some error"
+    assert [m.value for m in store.get_metric_history(tr.run_id, "x")] == [2.0]
+    tr.finish("FINISHED")  # a second status is ignored
+    assert store.get_run(tr.run_id).info.status == "FAILED"
+
+
+def test_attaches_to_the_run_mlflow_run_created(store, monkeypatch):
+    exp = store.create_experiment("e")
+    run_id = store.create_run(exp).info.run_id
+    monkeypatch.setenv("MLFLOW_RUN_ID", run_id)
+    tr = MlflowTracker(run_name="ignored")
+    assert tr.run_id == run_id
+    tr.log_metrics({"y": 3.0}, 0)
+    tr.finish()
+    assert store.get_run(run_id).data.metrics["y"] == 3.0

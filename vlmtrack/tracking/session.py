@@ -1,0 +1,51 @@
+"""A tracked run from start to end: the MLflow run is created (or attached to), the resolved config
+and provenance logged, and the run always ends with a status: FINISHED, FAILED with the error, or
+KILLED on Ctrl-C. Checkpoints already written stay where they are."""
+from __future__ import annotations
+
+import contextlib
+import subprocess
+import traceback
+from pathlib import Path
+
+import torch
+
+from vlmtrack.config import Config
+from vlmtrack.tracking.figures import ablation_bars, eval_loss_by_bucket
+from vlmtrack.tracking.mlflow_tracker import MlflowTracker
+
+
+def git_commit() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
+                              cwd=Path(__file__).parent).stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+@contextlib.contextmanager
+def tracked_run(cfg: Config, config_file: str | None = None, **tracker_kw):
+    tracker = MlflowTracker(run_name=cfg.train.run_name, **tracker_kw)
+    tracker.set_tags({"git_commit": git_commit(), "cuda": torch.cuda.is_available(),
+                      "output_dir": str(cfg.output_dir.resolve())})
+    if config_file:
+        tracker.log_artifact(Path(config_file), "config")
+    try:
+        yield tracker
+    except KeyboardInterrupt:
+        tracker.finish("KILLED", "interrupted (Ctrl-C)")
+        raise
+    except BaseException as e:
+        tracker.finish("FAILED", f"{type(e).__name__}: {e}\n{traceback.format_exc()[-3000:]}")
+        raise
+    else:
+        tracker.finish("FINISHED")
+
+
+def log_summary(tracker, cfg: Config, metrics: dict) -> None:
+    """The resolved config and the summary figures, once training returns."""
+    tracker.log_artifact(cfg.output_dir / "config.yaml", "config")
+    if metrics.get("evals"):
+        tracker.log_figure(eval_loss_by_bucket(metrics["evals"], cfg.data.bucket_names), "plots/eval_loss_by_bucket.png")
+    if metrics.get("ablations"):
+        tracker.log_figure(ablation_bars(metrics["ablations"]), "plots/ablations.png")
