@@ -1,6 +1,7 @@
 """Thin command line: parses arguments and calls the factories in order; holds no logic.
 
     vlmtrack train   [--config FILE] [section.key=value ...]   one training run, tracked in MLflow
+    vlmtrack sweep   [--config FILE] [section.key=value ...]   the LR x vision_ln sweep (Optuna + nested runs)
     vlmtrack ablate  CHECKPOINT [section.key=value ...]         vision ablations on a saved connector
     vlmtrack golden  CHECKPOINT [section.key=value ...]         golden captions from a saved connector
     vlmtrack build-demo                                         build the embedded demo assets
@@ -76,6 +77,23 @@ def _golden(args) -> None:
                               image_root=lc.data.image_root, image_column="image_relpath")
 
 
+def _sweep(args) -> None:
+    from vlmtrack.demo.assets import fill_demo_defaults
+    from vlmtrack.model.backbone import load_tokenizer
+    from vlmtrack.sweep.run import run_sweep
+    from vlmtrack.tracking.mlflow_tracker import MlflowTracker
+    from vlmtrack.tracking.session import tracked_run
+
+    cfg = load_config(args.config, _overrides(args))
+    fill_demo_defaults(cfg)
+    cfg.train.run_name = cfg.sweep.study_name
+    with tracked_run(cfg, args.config, experiment=args.experiment) as parent:
+        exp_id = parent.experiment_id
+        run_sweep(cfg, parent, lambda name, parent_id: MlflowTracker(run_name=name, parent_run_id=parent_id,
+                                                                     experiment_id=exp_id),
+                  load_tokenizer(cfg.model.llm))
+
+
 def _build_demo(args) -> None:
     from vlmtrack.demo.assets import ensure_demo_assets
 
@@ -89,13 +107,16 @@ def build_parser() -> argparse.ArgumentParser:
     train = sub.add_parser("train", help="one training run, tracked in MLflow")
     train.add_argument("--config", default=None, help="YAML config (default: the embedded demo)")
     train.set_defaults(func=_train)
+    sweep = sub.add_parser("sweep", help="the LR x vision_ln grid as an Optuna study of nested MLflow runs")
+    sweep.add_argument("--config", default=None, help="YAML config with a sweep section (default: the demo)")
+    sweep.set_defaults(func=_sweep)
     for name, func, text in [("ablate", _ablate, "vision ablations on a saved connector checkpoint"),
                              ("golden", _golden, "golden-set captions from a saved connector checkpoint")]:
         cmd = sub.add_parser(name, help=text)
         cmd.add_argument("checkpoint", help="checkpoints/step_N folder or runs:/<run_id>/checkpoints/step_N")
         cmd.add_argument("--no-track", action="store_true", help="print only, log nothing to MLflow")
         cmd.set_defaults(func=func)
-    for cmd in (train, *[sub.choices[n] for n in ("ablate", "golden")]):
+    for cmd in (train, sweep, *[sub.choices[n] for n in ("ablate", "golden")]):
         cmd.add_argument("--experiment", default=None, help="MLflow experiment (default: vlmtrack)")
         cmd.add_argument("overrides", nargs="*", help="section.key=value, e.g. train.lr=2e-4 model.vision_ln=true")
     demo = sub.add_parser("build-demo", help="build (once) the embedded demo dataset and model bundle")

@@ -88,11 +88,22 @@ class EvalConfig:
 
 
 @dataclass
+class SweepConfig:
+    lr: list[float] = field(default_factory=lambda: [5e-5, 1e-4, 2e-4])
+    vision_ln: list[bool] = field(default_factory=lambda: [False, True])
+    study_name: str = "vlmtrack-sweep"
+    storage: str = ""  # Optuna RDB URL; "" = sqlite:///<sweep output dir>/optuna.db (one machine)
+    output_dir: str = ""  # "" = outputs/<study_name>; each trial gets its own folder under it
+    score_weight: float = 0.1  # score = eval_loss_end - w * (delta_shuffle + delta_zero)
+
+
+@dataclass
 class Config:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    sweep: SweepConfig = field(default_factory=SweepConfig)
 
     @property
     def output_dir(self) -> Path:
@@ -252,6 +263,9 @@ def validate(cfg: Config) -> None:
         problems.append("model.resampler_heads and model.resampler_depth must be positive")
     if not 0 < e.top_p <= 1 or e.temperature < 0:
         problems.append(f"eval.top_p must be in (0, 1] and eval.temperature ≥ 0, got {e.top_p}, {e.temperature}")
+    if not cfg.sweep.lr or any(v <= 0 for v in cfg.sweep.lr) or not cfg.sweep.vision_ln:
+        problems.append(f"sweep.lr must be a non-empty list of positive rates and sweep.vision_ln non-empty, "
+                        f"got {cfg.sweep.lr}, {cfg.sweep.vision_ln}")
     if problems:
         raise ConfigError("invalid config:\n  " + "\n  ".join(problems))
 

@@ -78,8 +78,15 @@ class Backbone:
         return sums.view(k, b)
 
 
-def load_backbone(llm_path: str, vision_path: str, dtype: torch.dtype = torch.float32) -> Backbone:
+def load_tokenizer(llm_path: str):
+    """The LLM's tokenizer with vlmtrack's `<image>` placeholder added."""
     tokenizer = _from_pretrained(AutoTokenizer, llm_path, "tokenizer")
+    add_image_token(tokenizer)
+    return tokenizer
+
+
+def load_backbone(llm_path: str, vision_path: str, dtype: torch.dtype = torch.float32) -> Backbone:
+    tokenizer = load_tokenizer(llm_path)
     image_token_id = add_image_token(tokenizer)
     llm = _from_pretrained(AutoModelForCausalLM, llm_path, "LLM", dtype=dtype)
     tower = _from_pretrained(AutoModel, vision_path, "vision tower", dtype=dtype)

@@ -21,7 +21,8 @@ METRIC_BATCH = 900  # log_batch takes at most 1,000 metrics
 
 class MlflowTracker:
     def __init__(self, run_id: str | None = None, experiment: str | None = None, run_name: str | None = None,
-                 parent_run_id: str | None = None, tags: dict | None = None, tracking_uri: str | None = None):
+                 parent_run_id: str | None = None, tags: dict | None = None, tracking_uri: str | None = None,
+                 experiment_id: str | None = None):
         from mlflow import MlflowClient
 
         self.client = MlflowClient(tracking_uri)
@@ -30,9 +31,7 @@ class MlflowTracker:
             self.run_id = run_id
             self.client.update_run(run_id, status="RUNNING")
         else:
-            name = experiment or os.environ.get("MLFLOW_EXPERIMENT_NAME") or DEFAULT_EXPERIMENT
-            exp = self.client.get_experiment_by_name(name)
-            exp_id = exp.experiment_id if exp else self.client.create_experiment(name)
+            exp_id = experiment_id or self._experiment_id(experiment)
             run_tags = dict(tags or {})
             if parent_run_id:
                 run_tags["mlflow.parentRunId"] = parent_run_id
@@ -46,6 +45,15 @@ class MlflowTracker:
         self._worker = threading.Thread(target=self._work, name="mlflow-tracker", daemon=True)
         self._worker.start()
         self.cost_s = 0.0  # time the worker spent in MLflow calls
+
+    def _experiment_id(self, experiment: str | None) -> str:
+        name = experiment or os.environ.get("MLFLOW_EXPERIMENT_NAME") or DEFAULT_EXPERIMENT
+        exp = self.client.get_experiment_by_name(name)
+        return exp.experiment_id if exp else self.client.create_experiment(name)
+
+    @property
+    def experiment_id(self) -> str:
+        return self.client.get_run(self.run_id).info.experiment_id
 
     # -- the background worker -------------------------------------------------------------
     def _work(self) -> None:

@@ -14,6 +14,7 @@ import torch
 import vlmtrack
 from vlmtrack.config import Config, dump_yaml, flatten
 from vlmtrack.data.dataset import CaptionDataset
+from vlmtrack.data.llava import DataError
 from vlmtrack.data.pipeline import prepare_data
 from vlmtrack.eval.ablations import run_ablations
 from vlmtrack.eval.evaluate import autocast, batch_losses, evaluate
@@ -41,6 +42,7 @@ class Trial:
     scheduler: torch.optim.lr_scheduler.LambdaLR | None = None
     evals: list[dict] = field(default_factory=list)
     failed: str | None = None
+    expected_hashes: tuple[str, str] | None = None  # (eval split, golden set) a sweep pins for all trials
 
     @property
     def out_dir(self) -> Path:
@@ -64,6 +66,10 @@ def train_trials(trials: list[Trial], log=print) -> list[dict]:
     torch.manual_seed(t.seed)
     backbone = load_backbone(base.model.llm, base.model.vision).to(device)
     data = prepare_data(base, backbone.tokenizer, trials[0].out_dir)
+    for trial in trials:
+        if trial.expected_hashes and trial.expected_hashes != (data.split.eval_hash, data.golden_hash):
+            raise DataError(f"{trial.cfg.train.run_name}: eval split/golden set {data.split.eval_hash}/"
+                            f"{data.golden_hash} differ from the sweep's {trial.expected_hashes}: refused")
     num_latents = base.model.num_latents
 
     def dataset(positions):
@@ -290,7 +296,8 @@ def write_metrics(tr: Trial, step: int, abl: dict, timing: dict, steps_per_epoch
         "golden": {"path": str(data.golden_path), "hash": data.golden_hash},
     }
     if abl and final:
-        metrics["score"] = final["eval_loss"] - 0.1 * (abl["delta_shuffle"] + abl["delta_zero"])
+        w = tr.cfg.sweep.score_weight
+        metrics["score"] = final["eval_loss"] - w * (abl["delta_shuffle"] + abl["delta_zero"])
     path = tr.out_dir / "metrics.json"
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(metrics, indent=1))

@@ -1,0 +1,71 @@
+import itertools
+
+import pytest
+import yaml
+from optuna.trial import TrialState
+
+from tests.helpers.tiny_models import tiny_config
+from vlmtrack.data.llava import DataError
+from vlmtrack.model.backbone import load_tokenizer
+from vlmtrack.sweep import study as S
+from vlmtrack.sweep.run import run_sweep
+from vlmtrack.tracking.base import JsonlTracker
+
+_ids = itertools.count()
+
+
+def tracker(name=None, parent=None):
+    t = JsonlTracker()
+    t.run_id = f"run-{next(_ids)}"
+    t.parent = parent
+    return t
+
+
+def sweep_cfg(tiny_paths, tmp_path):
+    cfg = tiny_config(tiny_paths, tmp_path / "unused", train_steps=4, save_every=4, quick_eval_steps=0,
+                      eval_at_steps=[2])
+    cfg.sweep.lr, cfg.sweep.vision_ln = [1e-3, 3e-3], [False, True]
+    cfg.sweep.output_dir, cfg.sweep.study_name = str(tmp_path / "sweep"), "tiny-sweep"
+    return cfg
+
+
+def test_sweep_runs_each_grid_point_once_and_summarises(tiny_paths, tmp_path):
+    cfg = sweep_cfg(tiny_paths, tmp_path)
+    parent, children = tracker(), []
+
+    def make(name, parent_id):
+        children.append(tracker(name, parent_id))
+        return children[-1]
+
+    tok = load_tokenizer(cfg.model.llm)
+    study = run_sweep(cfg, parent, make, tok, log=lambda *_: None)
+    done = study.get_trials(states=(TrialState.COMPLETE,))
+    assert sorted(S.point_key(t.params) for t in done) == sorted(
+        S.point_key({"lr": lr, "vision_ln": ln}) for lr in (1e-3, 3e-3) for ln in (False, True))
+    assert len({t.user_attrs["output_dir"] for t in done}) == 4  # no two trials share a directory
+    for t in done:
+        a = t.user_attrs
+        assert t.value == pytest.approx(a["eval_loss_end"] - 0.1 * (a["delta_shuffle"] + a["delta_zero"]))
+        assert "eval_loss_step2" in a
+        child = next(c for c in children if c.run_id == a["mlflow_run_id"])
+        assert child.parent == parent.run_id and child.status == "FINISHED"
+        assert any(e["kind"] == "tags" and e["tags"].get("optuna_trial_number") == t.number for e in child.events)
+    tables = [e["artifact_file"] for e in parent.events if e["kind"] == "table"]
+    assert tables == ["sweep/summary.json", "sweep/golden_side_by_side.json"]
+    winner = min(done, key=lambda t: t.value)
+    wc = yaml.safe_load((tmp_path / "sweep" / "winner_config.yaml").read_text())
+    assert wc["train"]["lr"] == winner.params["lr"] and wc["model"]["vision_ln"] == winner.params["vision_ln"]
+    assert (tmp_path / "sweep" / "sweep_trial_summary.csv").read_text().count("\n") == 5
+
+    # a second worker on the same storage finds nothing left to do
+    again = run_sweep(cfg, tracker(), make, tok, log=lambda *_: None)
+    assert len(again.get_trials(states=(TrialState.COMPLETE,))) == 4 and len(children) == 4
+
+
+def test_worker_with_other_data_is_refused(tiny_paths, tmp_path):
+    cfg = sweep_cfg(tiny_paths, tmp_path)
+    study = S.open_study(cfg)
+    study.set_user_attr("split_hash", "aaaa")
+    study.set_user_attr("golden_hash", "bbbb")
+    with pytest.raises(DataError, match="would not be comparable"):
+        run_sweep(cfg, tracker(), tracker, load_tokenizer(cfg.model.llm), log=lambda *_: None)

@@ -1,0 +1,116 @@
+"""One sweep worker: asks the study for grid points, trains them through a trial runner, tells Optuna
+the score, and when the grid is complete writes the summary to the parent run."""
+from __future__ import annotations
+
+import traceback
+from typing import Callable
+
+import optuna
+from optuna.trial import TrialState
+
+from vlmtrack.config import Config
+from vlmtrack.data.pipeline import prepare_data
+from vlmtrack.sweep import study as S
+from vlmtrack.sweep.summary import write_summary
+from vlmtrack.train.loop import Trial, train_trials
+
+TrialRunner = Callable[[list[Trial]], list[dict]]
+
+
+def one_by_one(trials: list[Trial], log=print) -> list[dict]:
+    """Trains each trial alone; a trial that raises is reported FAILED and the others go on."""
+    results = []
+    for tr in trials:
+        try:
+            results.append(train_trials([tr], log)[0])
+        except Exception as e:  # noqa: BLE001 - one trial's failure must not end the sweep
+            error = f"{type(e).__name__}: {e}"
+            tr.tracker.finish("FAILED", f"{error}\n{traceback.format_exc()[-3000:]}")
+            log(f"[sweep] {tr.cfg.train.run_name} FAILED: {error}")
+            results.append({"status": "FAILED", "error": error})
+    return results
+
+
+class DuplicatePoint(Exception):
+    pass
+
+
+class TrialFailed(Exception):
+    pass
+
+
+def run_sweep(cfg: Config, parent, make_tracker, tokenizer_for_hashes, runner: TrialRunner = one_by_one,
+              group_size: int = 1, log=print) -> optuna.Study:
+    """`parent` is the sweep's tracker; `make_tracker(name, parent_run_id)` opens a nested run.
+    `study.optimize` drives the grid (heartbeats, stale-trial retries, GridSampler's stop); each of its
+    trials may take up to group_size - 1 further grid points to train side by side."""
+    study = S.open_study(cfg)
+    data = prepare_data(cfg, tokenizer_for_hashes, S.sweep_dir(cfg) / "shared")
+    S.pin_hashes(study, data.split.eval_hash, data.golden_hash)
+    if "mlflow_parent_run_id" not in study.user_attrs and parent.run_id:
+        study.set_user_attr("mlflow_parent_run_id", parent.run_id)
+    parent_run_id = study.user_attrs.get("mlflow_parent_run_id", parent.run_id)
+    parent.set_tags({"optuna_study": cfg.sweep.study_name, "optuna_storage": S.storage_url(cfg).split("@")[-1],
+                     "split_hash": data.split.eval_hash, "golden_hash": data.golden_hash})
+    log(f"[sweep] study {cfg.sweep.study_name}: grid {S.grid(cfg)}; storage {S.storage_url(cfg)}")
+
+    trials_by_number: dict[int, Trial] = {}
+
+    def start(t: optuna.Trial) -> Trial:
+        tc = S.trial_config(cfg, t)
+        tracker = make_tracker(tc.train.run_name, parent_run_id)
+        tracker.set_tags({"optuna_trial_number": t.number, "optuna_study": cfg.sweep.study_name,
+                          "sweep_worker": S.worker_name()})
+        t.set_user_attr("mlflow_run_id", tracker.run_id)
+        t.set_user_attr("output_dir", tc.train.output_dir)
+        log(f"[sweep] trial {t.number}: lr={t.params['lr']:g} vision_ln={t.params['vision_ln']} "
+            f"-> {tc.train.output_dir}")
+        trials_by_number[t.number] = Trial(tc, tracker, expected_hashes=(data.split.eval_hash, data.golden_hash))
+        return trials_by_number[t.number]
+
+    def finish(t: optuna.Trial, tr: Trial, result: dict) -> float:
+        if result.get("status") != "FINISHED" or "score" not in result:
+            t.set_user_attr("error", result.get("error", "no score"))
+            raise TrialFailed(result.get("error", "no score"))
+        record_result(t, result, cfg)
+        tr.tracker.log_metrics({"score": result["score"]}, result["step"])
+        tr.tracker.finish("FINISHED")
+        return result["score"]
+
+    def objective(first: optuna.Trial) -> float:
+        S.suggest_point(first, cfg)
+        if S.is_duplicate(study, first):
+            raise DuplicatePoint(f"grid point {S.point_key(first.params)} is already taken")
+        extras = S.ask_more(study, cfg, group_size - 1)
+        group = [first, *extras]
+        with S.heartbeats(study, extras):
+            results = runner([start(t) for t in group])
+        for t, result in list(zip(group, results))[1:]:
+            try:
+                study.tell(t, finish(t, trials_by_number[t.number], result))
+            except TrialFailed:
+                study.tell(t, state=TrialState.FAIL)
+        return finish(first, trials_by_number[first.number], results[0])
+
+    def stop_when_done(st: optuna.Study, _trial) -> None:
+        if not S.work_left(st, cfg):
+            st.stop()
+
+    if S.work_left(study, cfg):
+        study.optimize(objective, catch=(DuplicatePoint, TrialFailed), callbacks=[stop_when_done],
+                       gc_after_trial=True)
+    if not S.work_left(study, cfg):
+        write_summary(study, cfg, parent, log)
+    return study
+
+
+def record_result(t: optuna.Trial, result: dict, cfg: Config) -> None:
+    final, abl = result["final_eval"], result["ablations"]
+    mid = [e for e in result["evals"] if e["step"] in cfg.train.eval_at_steps]
+    attrs = {"eval_loss_end": final["eval_loss"], "delta_shuffle": abl["delta_shuffle"],
+             "delta_zero": abl["delta_zero"], "delta_noise": abl["delta_noise"],
+             "ablation_order_ok": abl["ablation_order_ok"], "score": result["score"], "step": result["step"]}
+    if mid:
+        attrs[f"eval_loss_step{mid[0]['step']}"] = mid[0]["eval_loss"]
+    for k, v in attrs.items():
+        t.set_user_attr(k, v)
