@@ -95,6 +95,8 @@ class SweepConfig:
     storage: str = ""  # Optuna RDB URL; "" = sqlite:///<sweep output dir>/optuna.db (one machine)
     output_dir: str = ""  # "" = outputs/<study_name>; each trial gets its own folder under it
     score_weight: float = 0.1  # score = eval_loss_end - w * (delta_shuffle + delta_zero)
+    side_by_side: bool = True  # train a group of trials in one process over one backbone pass
+    group_size: int = 0  # trials per group; 0 = as many as fit (all of them on CPU)
 
 
 @dataclass

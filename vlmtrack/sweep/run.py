@@ -11,10 +11,24 @@ from optuna.trial import TrialState
 from vlmtrack.config import Config
 from vlmtrack.data.pipeline import prepare_data
 from vlmtrack.sweep import study as S
+from vlmtrack.sweep.groups import choose_group_size
 from vlmtrack.sweep.summary import write_summary
 from vlmtrack.train.loop import Trial, train_trials
 
-TrialRunner = Callable[[list[Trial]], list[dict]]
+TrialRunner = Callable[..., list[dict]]
+
+
+def side_by_side(trials: list[Trial], log=print) -> list[dict]:
+    """Trains the group together over one backbone pass per batch; a trial whose loss turns non-finite
+    fails alone. An error that stops the whole group fails each of its trials."""
+    try:
+        return train_trials(trials, log)
+    except Exception as e:  # noqa: BLE001
+        error = f"{type(e).__name__}: {e}"
+        for tr in trials:
+            tr.tracker.finish("FAILED", f"{error}\n{traceback.format_exc()[-3000:]}")
+        log(f"[sweep] group of {len(trials)} FAILED: {error}")
+        return [{"status": "FAILED", "error": error} for _ in trials]
 
 
 def one_by_one(trials: list[Trial], log=print) -> list[dict]:
@@ -39,8 +53,7 @@ class TrialFailed(Exception):
     pass
 
 
-def run_sweep(cfg: Config, parent, make_tracker, tokenizer_for_hashes, runner: TrialRunner = one_by_one,
-              group_size: int = 1, log=print) -> optuna.Study:
+def run_sweep(cfg: Config, parent, make_tracker, tokenizer_for_hashes, log=print) -> optuna.Study:
     """`parent` is the sweep's tracker; `make_tracker(name, parent_run_id)` opens a nested run.
     `study.optimize` drives the grid (heartbeats, stale-trial retries, GridSampler's stop); each of its
     trials may take up to group_size - 1 further grid points to train side by side."""
@@ -53,6 +66,8 @@ def run_sweep(cfg: Config, parent, make_tracker, tokenizer_for_hashes, runner: T
     parent.set_tags({"optuna_study": cfg.sweep.study_name, "optuna_storage": S.storage_url(cfg).split("@")[-1],
                      "split_hash": data.split.eval_hash, "golden_hash": data.golden_hash})
     log(f"[sweep] study {cfg.sweep.study_name}: grid {S.grid(cfg)}; storage {S.storage_url(cfg)}")
+    group_size = choose_group_size(cfg, S.grid_size(cfg), log)
+    runner: TrialRunner = side_by_side if group_size > 1 else one_by_one
 
     trials_by_number: dict[int, Trial] = {}
 
@@ -84,7 +99,7 @@ def run_sweep(cfg: Config, parent, make_tracker, tokenizer_for_hashes, runner: T
         extras = S.ask_more(study, cfg, group_size - 1)
         group = [first, *extras]
         with S.heartbeats(study, extras):
-            results = runner([start(t) for t in group])
+            results = runner([start(t) for t in group], log)
         for t, result in list(zip(group, results))[1:]:
             try:
                 study.tell(t, finish(t, trials_by_number[t.number], result))

@@ -57,7 +57,25 @@ def train(cfg: Config, tracker: Tracker, log=print) -> dict:
     return train_trials([Trial(cfg, tracker)], log)[0]
 
 
+# What may differ between trials trained side by side: everything else is shared by construction.
+PER_TRIAL_KEYS = {"train.lr", "train.weight_decay", "model.vision_ln", "train.run_name", "train.output_dir"}
+
+
+def check_shareable(trials: list[Trial]) -> None:
+    base = flatten(trials[0].cfg)
+    for tr in trials[1:]:
+        other = flatten(tr.cfg)
+        diff = [k for k in base if k not in PER_TRIAL_KEYS and base[k] != other[k]]
+        if diff:
+            raise ValueError(f"trials {trials[0].cfg.train.run_name} and {tr.cfg.train.run_name} differ in "
+                             f"{diff}: only {sorted(PER_TRIAL_KEYS)} may differ side by side")
+    dirs = [tr.out_dir.resolve() for tr in trials]
+    if len(set(dirs)) != len(dirs):
+        raise ValueError("two trials share an output directory: each needs its own train.output_dir")
+
+
 def train_trials(trials: list[Trial], log=print) -> list[dict]:
+    check_shareable(trials)
     base = trials[0].cfg
     t, e = base.train, base.eval
     for trial in trials:
