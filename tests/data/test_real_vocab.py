@@ -191,3 +191,33 @@ def test_encode_sample_truncation(tok_img, records):
     assert not s.truncated and s.labels[-1] == IM_END
     with pytest.raises(ValueError, match="max_seq_len"):
         encode_sample(t, human, caption, image_id, num_latents=NUM_LATENTS, max_seq_len=prompt_len)
+
+
+def test_reader_split_and_dataset_with_the_real_vocabulary(qwen_dir, tmp_path):
+    """The demo data through the product's reader, metadata, split and dataset with Qwen3's vocabulary."""
+    from PIL import Image
+    from transformers import SiglipImageProcessor
+
+    from vlmtrack.data.dataset import CaptionDataset, collate
+    from vlmtrack.data.llava import get_metadata, read_samples
+    from vlmtrack.data.split import build_split
+    from vlmtrack.demo import synth
+
+    tok = qwen3_tokenizer(qwen_dir)
+    image_id = add_image_token(tok)
+    data_path = synth.write_dataset(tmp_path, 90, seed=5, image_size=32)
+    samples = read_samples(data_path)
+    metas = get_metadata(samples, tok, [0, 10, 20, 9999], ["short", "medium", "long"])
+    assert [m.label_len for m in metas] == [len(tok(s.caption, add_special_tokens=False)["input_ids"]) for s in samples]
+    assert {m.bucket for m in metas} == {"short", "medium", "long"}
+    split = build_split(metas, ["short", "medium", "long"], 30, 0, 42)
+    assert split.bucket_counts == {"short": 10, "medium": 10, "long": 10}
+    ds = CaptionDataset(samples, metas, split.eval, tok, SiglipImageProcessor(size={"height": 32, "width": 32}),
+                        tmp_path / "images", image_id, 64, 512)
+    batch = collate([ds[i] for i in range(4)], tok.pad_token_id)
+    for r in range(4):
+        labels = batch.labels[r][batch.labels[r] != -100].tolist()
+        assert tok.decode(labels) == samples[split.eval[r]].caption + "<|im_end|>"
+        assert int((batch.input_ids[r] == image_id).sum()) == 64
+        assert int(batch.label_len[r]) == metas[split.eval[r]].label_len
+    assert isinstance(Image.open(tmp_path / "images" / samples[0].image_relpath), Image.Image)
