@@ -1,0 +1,74 @@
+"""A real `mlflow server` on 127.0.0.1: a short training logs to it over HTTP and MlflowClient reads it back."""
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+
+import pytest
+from mlflow import MlflowClient
+
+from tests.helpers.tiny_models import tiny_config
+from vlmtrack.config import dump_yaml
+
+pytestmark = pytest.mark.slow
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def server(tmp_path):
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
+         "--backend-store-uri", f"sqlite:///{tmp_path}/server.db", "--artifacts-destination", str(tmp_path / "art"),
+         "--workers", "1"],
+        stdout=open(tmp_path / "server.log", "w"), stderr=subprocess.STDOUT, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(120):
+            try:
+                if urllib.request.urlopen(f"{url}/health", timeout=1).status == 200:
+                    break
+            except OSError:
+                time.sleep(0.5)
+        else:
+            raise RuntimeError("mlflow server did not start:\n" + (tmp_path / "server.log").read_text()[-2000:])
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+def test_training_logs_to_a_tracking_server_over_http(server, tiny_paths, tmp_path):
+    cfg = tiny_config(tiny_paths, tmp_path / "out")
+    dump_yaml(cfg, tmp_path / "cfg.yaml")
+    env = dict(os.environ, MLFLOW_TRACKING_URI=server)
+    env.pop("MLFLOW_RUN_ID", None)
+    done = subprocess.run([sys.executable, "-m", "vlmtrack.cli", "train", "--config", str(tmp_path / "cfg.yaml"),
+                           "--experiment", "over-http", "train.run_name=http-run"],
+                          env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    client = MlflowClient(server)
+    exp = client.get_experiment_by_name("over-http")
+    (run,) = client.search_runs([exp.experiment_id])
+    assert run.info.status == "FINISHED" and run.info.run_name == "http-run"
+    assert {"eval_loss", "eval_loss_short", "train_loss", "delta_shuffle", "step_time_p90_s"} <= set(run.data.metrics)
+    assert run.data.params["train.train_steps"] == "8"
+    assert len(client.get_metric_history(run.info.run_id, "train_loss")) == 4
+    assert {"path": "golden/step_8_golden6.json", "type": "table"} in json.loads(run.data.tags["mlflow.loggedArtifacts"])
+    table = json.load(open(client.download_artifacts(run.info.run_id, "golden/step_8_golden6.json", str(tmp_path))))
+    assert len(table["data"]) == 6 and table["columns"][0] == "image"
+    image = table["data"][0][0]
+    images = {f.path for f in client.list_artifacts(run.info.run_id, "golden/images")}
+    assert image["type"] == "image" and {image["filepath"], image["compressed_filepath"]} <= images
+    files = {f.path for f in client.list_artifacts(run.info.run_id, "checkpoints/step_8")}
+    assert files == {"checkpoints/step_8/connector.safetensors", "checkpoints/step_8/connector.json"}
+    local = client.download_artifacts(run.info.run_id, "metrics.json", str(tmp_path / "dl"))
+    assert '"final_eval"' in open(local).read()
