@@ -4,6 +4,7 @@
     vlmtrack sweep   [--config FILE] [section.key=value ...]   the LR x vision_ln sweep (Optuna + nested runs)
     vlmtrack ablate  CHECKPOINT [section.key=value ...]         vision ablations on a saved connector
     vlmtrack golden  CHECKPOINT [section.key=value ...]         golden captions from a saved connector
+    vlmtrack bench   [--preset small|large] ...                 training throughput on reference shapes
     vlmtrack build-demo                                         build the embedded demo assets
 """
 from __future__ import annotations
@@ -94,6 +95,20 @@ def _sweep(args) -> None:
                   load_tokenizer(cfg.model.llm))
 
 
+def _bench(args) -> None:
+    from vlmtrack.bench.run import main as bench
+    from vlmtrack.tracking.mlflow_tracker import MlflowTracker
+
+    rows, summary = bench(args.preset, args.images, args.batch, args.steps, args.sweep_steps, args.workers)
+    if not args.no_track:
+        tracker = MlflowTracker(experiment=args.experiment or "vlmtrack-bench", run_name=f"bench-{args.preset}")
+        tracker.log_params({k: v for k, v in vars(args).items() if k != "func"})
+        tracker.set_tags({"device": summary["device"]})
+        tracker.log_table(rows, "bench/table.json")
+        tracker.log_metrics({k: v for k, v in summary.items() if isinstance(v, float)}, 0)
+        tracker.finish()
+
+
 def _build_demo(args) -> None:
     from vlmtrack.demo.assets import ensure_demo_assets
 
@@ -119,6 +134,16 @@ def build_parser() -> argparse.ArgumentParser:
     for cmd in (train, sweep, *[sub.choices[n] for n in ("ablate", "golden")]):
         cmd.add_argument("--experiment", default=None, help="MLflow experiment (default: vlmtrack)")
         cmd.add_argument("overrides", nargs="*", help="section.key=value, e.g. train.lr=2e-4 model.vision_ln=true")
+    bench = sub.add_parser("bench", help="training throughput on reference shapes (prints a table)")
+    bench.add_argument("--preset", default="small", choices=["small", "large", "tiny"])
+    bench.add_argument("--images", type=int, default=5000)
+    bench.add_argument("--batch", type=int, default=128)
+    bench.add_argument("--steps", type=int, default=40)
+    bench.add_argument("--sweep-steps", type=int, default=200)
+    bench.add_argument("--workers", type=int, default=12)
+    bench.add_argument("--experiment", default=None)
+    bench.add_argument("--no-track", action="store_true")
+    bench.set_defaults(func=_bench)
     demo = sub.add_parser("build-demo", help="build (once) the embedded demo dataset and model bundle")
     demo.set_defaults(func=_build_demo)
     return p

@@ -1,0 +1,233 @@
+"""`vlmtrack bench`: training throughput of the real pipeline on reference shapes, printed as a table.
+
+It builds a preset (random weights of Qwen3 + SigLIP shapes, saved and loaded through from_pretrained),
+writes synthetic JPEGs to disk, and measures, in one run: the HF-style baseline (batch 4, full-vocabulary
+logits, a host sync every step), the spec's batch 4 x accumulation 4 and a large micro-batch through
+vlmtrack's loop (eval and logging bookkeeping on), the six-trial sweep side by side against one by one,
+a full eval and a golden-64 dump. Compute is counted in model FLOPs (forward, plus the backward that
+flows through the frozen LLM into the visual tokens; no weight gradients for frozen towers).
+"""
+from __future__ import annotations
+
+import copy
+import json
+import statistics
+import tempfile
+import time
+from multiprocessing import Pool
+from pathlib import Path
+
+import torch
+import yaml
+
+from vlmtrack.config import Config
+from vlmtrack.demo import synth
+from vlmtrack.tracking.base import JsonlTracker
+from vlmtrack.train.loop import Trial, train_trials
+
+PRESETS = Path(__file__).resolve().parents[2] / "configs" / "bench_presets.yaml"
+BF16_PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0}  # dense bf16 datasheet; MFU is against this
+
+
+def build_preset(name: str, root: Path, log=print) -> dict[str, Path]:
+    from transformers import (Qwen3Config, Qwen3ForCausalLM, SiglipImageProcessor, SiglipVisionConfig,
+                              SiglipVisionModel)
+
+    from vlmtrack.demo.bundle import build_tokenizer
+
+    preset = yaml.safe_load(PRESETS.read_text())[name]
+    tok = build_tokenizer(0)
+    tok.save_pretrained(root / "llm")
+    torch.manual_seed(0)
+    with torch.device("cuda" if torch.cuda.is_available() else "cpu"):
+        llm = Qwen3ForCausalLM(Qwen3Config(**preset["llm"], eos_token_id=tok.convert_tokens_to_ids("<|im_end|>"),
+                                           pad_token_id=tok.pad_token_id, bos_token_id=None)).to(torch.bfloat16)
+        tower = SiglipVisionModel(SiglipVisionConfig(**preset["vision"])).to(torch.bfloat16)
+    llm.save_pretrained(root / "llm")
+    tower.save_pretrained(root / "vision")
+    size = preset["vision"]["image_size"]
+    SiglipImageProcessor(size={"height": size, "width": size}).save_pretrained(root / "vision")
+    log(f"[bench] preset {name}: LLM {sum(p.numel() for p in llm.parameters()) / 1e6:.0f}M, "
+        f"vision {sum(p.numel() for p in tower.parameters()) / 1e6:.0f}M parameters")
+    del llm, tower
+    return {"llm": root / "llm", "vision": root / "vision", "preset": preset}
+
+
+def _write_chunk(args) -> None:
+    root, records = args
+    for record, scene in records:
+        path = root / "images" / record["image"]
+        path.parent.mkdir(parents=True, exist_ok=True)
+        synth.render(scene, 448).save(path, quality=90)
+
+
+def write_images(root: Path, n: int, workers: int = 8) -> Path:
+    """N JPEGs of a realistic size (448 px, as LLaVA-Pretrain's web images are a few hundred px)."""
+    pairs = synth.sample_records(n, seed=7)
+    chunks = [(root, pairs[i::workers]) for i in range(workers)]
+    with Pool(workers) as pool:
+        pool.map(_write_chunk, chunks)
+    path = root / "data.json"
+    path.write_text(json.dumps([r for r, _ in pairs]))
+    return path
+
+
+def flops_per_sample(preset: dict, seq: int = 99, label_tokens: int = 13) -> float:
+    """LLM forward + input-gradient backward (2x forward), vision forward, LM head at label positions."""
+    c, v = preset["llm"], preset["vision"]
+    h, hd = c["hidden_size"], c["head_dim"]
+    q, kv = c["num_attention_heads"] * hd, c["num_key_value_heads"] * hd
+    layer = h * q + 2 * h * kv + q * h + 3 * h * c["intermediate_size"]
+    llm_fwd = 2 * c["num_hidden_layers"] * (layer * seq + 2 * seq * seq * q)
+    head = 2 * h * c["vocab_size"] * label_tokens
+    vh = v["hidden_size"]
+    patches = (v["image_size"] // v["patch_size"]) ** 2
+    vision = 2 * v["num_hidden_layers"] * (patches * (4 * vh * vh + 2 * vh * v["intermediate_size"])
+                                           + 2 * patches * patches * vh)
+    return 2 * (llm_fwd + head) + vision
+
+
+def bench_config(paths: dict, data: Path, out: Path, batch: int, steps: int, accum: int = 1,
+                 workers: int = 12) -> Config:
+    cfg = Config()
+    cfg.data.eval_size = min(2000, len(json.loads(data.read_text())) // 2)
+    if cfg.data.eval_size < 200:  # the CPU test's tiny data
+        cfg.data.golden_size, cfg.data.golden_counts = 6, [2, 2, 2]
+    cfg.data.data_path, cfg.data.image_folder = str(data), str(data.parent / "images")
+    cfg.data.golden_set_path = str(out / "golden.jsonl")
+    cfg.data.num_workers = workers
+    cfg.model.llm, cfg.model.vision = str(paths["llm"]), str(paths["vision"])
+    t = cfg.train
+    t.output_dir, t.batch_size, t.gradient_accum, t.train_steps = str(out), batch, accum, steps
+    t.save_every, t.quick_eval_steps, t.run_golden_every, t.full_eval_every = 10**9, 0, "never", "never"
+    t.log_every = max(accum, 10)
+    cfg.eval.run_ablations = False
+    cfg.eval.batch_size = 128
+    return cfg
+
+
+def loop_throughput(cfg: Config, skip: int, log) -> dict:
+    tracker = JsonlTracker()
+    torch.cuda.reset_peak_memory_stats() if torch.cuda.is_available() else None
+    t0 = time.perf_counter()
+    result = train_trials([Trial(cfg, tracker)], log)[0]
+    wall = time.perf_counter() - t0
+    timing = torch.load(Path(cfg.train.output_dir) / "checkpoints" / f"step_{result['step']}" / "trainer_state.pt",
+                        weights_only=False)["timing"]
+    steps = timing["step_s"][skip:]
+    waits = timing["data_wait_s"][skip:]
+    per_step = cfg.train.batch_size * cfg.train.gradient_accum
+    return {
+        "samples_per_s": per_step * len(steps) / sum(steps),
+        "step_p50_s": statistics.median(steps), "step_p90_s": sorted(steps)[int(0.9 * (len(steps) - 1))],
+        "data_wait_share": sum(waits) / sum(steps), "wall_s": wall,
+        "peak_mem_gib": torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else 0.0,
+        "full_eval_s": (timing["full_eval_s"] or [float("nan")])[-1], "golden_s": (timing["golden_s"] or [float("nan")])[-1],
+    }
+
+
+def hf_style_baseline(cfg: Config, steps: int, log) -> dict:
+    """The usual loop: batch 4, loss from full-vocabulary logits over the whole sequence, .item() per step."""
+    from vlmtrack.data.dataset import CaptionDataset
+    from vlmtrack.data.pipeline import prepare_data
+    from vlmtrack.model.backbone import load_backbone
+    from vlmtrack.model.connector import Connector
+    from vlmtrack.train.setup import loader
+
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    bb = load_backbone(cfg.model.llm, cfg.model.vision, dtype).to(device)
+    data = prepare_data(cfg, bb.tokenizer, Path(cfg.train.output_dir))
+    ds = CaptionDataset(data.samples, data.metas, data.split.train, bb.tokenizer, bb.image_processor, data.image_root,
+                        bb.image_token_id, cfg.model.num_latents, cfg.data.max_seq_len)
+    conn = Connector(bb.vision_dim, bb.llm_dim, cfg.model.num_latents, 2, 8).to(device)
+    opt = torch.optim.AdamW(conn.parameters(), lr=1e-4)
+    batches = [[(i * 4 + j) % len(ds) for j in range(4)] for i in range(steps)]
+    times = []
+    for batch in loader(ds, batches, bb.pad_id, cfg.data.num_workers):
+        t0 = time.perf_counter()
+        batch.to(device)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+            visual = conn(bb.vision_features(batch.pixel_values))
+            out = bb.llm(inputs_embeds=bb.embed(batch.input_ids, visual), attention_mask=batch.attention_mask,
+                         labels=batch.labels)
+        out.loss.backward()
+        opt.step()
+        opt.zero_grad()
+        out.loss.item()
+        times.append(time.perf_counter() - t0)
+    times = times[5:]
+    return {"samples_per_s": 4 * len(times) / sum(times), "step_p50_s": statistics.median(times),
+            "step_p90_s": sorted(times)[int(0.9 * (len(times) - 1))]}
+
+
+def sweep_time(cfg: Config, steps: int, side_by_side: bool, log) -> float:
+    """Wall time of six trials (2x3 grid) for `steps` steps of 4 samples, eval at the middle and end."""
+    trials = []
+    for lr in (5e-5, 1e-4, 2e-4):
+        for ln in (False, True):
+            tc = copy.deepcopy(cfg)
+            tc.train.lr, tc.model.vision_ln = lr, ln
+            tc.train.run_name = f"lr{lr:g}_ln{int(ln)}"
+            tc.train.output_dir = str(Path(cfg.train.output_dir) / tc.train.run_name)
+            tc.train.train_steps, tc.train.batch_size = steps, 4
+            tc.train.eval_at_steps, tc.eval.run_ablations, tc.train.run_golden_every = [steps // 2], True, "end"
+            trials.append(Trial(tc, JsonlTracker()))
+    t0 = time.perf_counter()
+    if side_by_side:
+        train_trials(trials, log)
+    else:
+        for tr in trials:
+            train_trials([tr], log)
+    return time.perf_counter() - t0
+
+
+def main(preset: str = "small", images: int = 5000, batch: int = 128, steps: int = 40, sweep_steps: int = 200,
+         workers: int = 12, log=print):
+    root = Path(tempfile.mkdtemp(prefix="vlmtrack-bench-"))
+    t0 = time.perf_counter()
+    paths = build_preset(preset, root / "model", log)
+    data = write_images(root / "data", images, max(1, min(workers, 8)))
+    log(f"[bench] {images} JPEGs written in {time.perf_counter() - t0:.0f}s (with the preset)")
+    fps = flops_per_sample(paths["preset"])
+    device = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
+    peak = next((v for k, v in BF16_PEAK_TFLOPS.items() if k in device), float("nan"))
+    rows = []
+
+    def add(name, r):
+        tflops = r["samples_per_s"] * fps / 1e12
+        rows.append({"regime": name, **r, "model_tflops": tflops, "mfu": tflops / peak})
+        log(f"[bench] {name}: {r['samples_per_s']:.0f} samples/s")
+
+    add("HF-style: batch 4, full-vocab logits, .item() per step", hf_style_baseline(
+        bench_config(paths, data, root / "hf", 4, 0, workers=workers), 60, log))
+    add("vlmtrack: batch 4 x accum 4 (spec)", loop_throughput(
+        bench_config(paths, data, root / "spec", 4, 160, accum=4, workers=workers), 10, log))
+    big = bench_config(paths, data, root / "big", batch, steps, workers=workers)
+    big.train.full_eval_every, big.train.run_golden_every = "never", "end"
+    add(f"vlmtrack: batch {batch}, logits at label positions", loop_throughput(big, 5, log))
+    sweep_cfg = bench_config(paths, data, root / "sweep", 4, sweep_steps, workers=workers)
+    sweep_cfg.data.max_samples = 5000 if images > 5000 else 0
+    side = sweep_time(sweep_cfg, sweep_steps, True, log)
+    alone = sweep_time(copy.deepcopy(sweep_cfg), sweep_steps, False, log)
+    print_table(rows, device, preset, batch, fps, side, alone, sweep_steps)
+    return rows, {"sweep_side_by_side_s": side, "sweep_one_by_one_s": alone, "gflop_per_sample": fps / 1e9,
+                  "device": device}
+
+
+def print_table(rows, device, preset, batch, fps, side, alone, sweep_steps) -> None:
+    print(f"\n## vlmtrack bench: preset {preset} on {device}, torch {torch.__version__}, "
+          f"{fps / 1e9:.0f} GFLOP per sample")
+    print("| regime | samples/s | step p50 s | step p90 s | data wait | TFLOP/s | MFU | peak GiB |")
+    print("|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['regime']} | {r['samples_per_s']:.0f} | {r['step_p50_s']:.4f} | {r['step_p90_s']:.4f} | "
+              f"{r.get('data_wait_share', float('nan')):.1%} | {r['model_tflops']:.1f} | {r['mfu']:.1%} | "
+              f"{r.get('peak_mem_gib', float('nan')):.1f} |")
+    full = [r for r in rows if r.get("golden_s") == r.get("golden_s") and "golden_s" in r]
+    if full:
+        print(f"\ngolden-64 generation: {full[-1]['golden_s']:.2f} s")
+    print(f"\nsix trials x {sweep_steps} steps of 4 (eval mid + end, ablations 256, golden-64 at end): "
+          f"side by side {side:.0f} s, one by one {alone:.0f} s ({alone / side:.1f}x); "
+          f"2,000-step extrapolation: side by side ~{side * 2000 / sweep_steps / 60:.1f} min, "
+          f"one by one ~{alone * 2000 / sweep_steps / 60:.1f} min")
