@@ -1,0 +1,159 @@
+"""The demo bundle: a Qwen3-like tokenizer and LM, a SigLIP-like tower, loadable with the Auto classes."""
+from __future__ import annotations
+
+import copy
+import json
+import math
+import random
+
+import pytest
+import torch
+
+from vlmtrack.data import prompt
+from vlmtrack.demo import bundle, synth
+
+QWEN3_ADDED = [
+    "<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|object_ref_start|>", "<|object_ref_end|>",
+    "<|box_start|>", "<|box_end|>", "<|quad_start|>", "<|quad_end|>", "<|vision_start|>", "<|vision_end|>",
+    "<|vision_pad|>", "<|image_pad|>", "<|video_pad|>", "<tool_call>", "</tool_call>", "<|fim_prefix|>",
+    "<|fim_middle|>", "<|fim_suffix|>", "<|fim_pad|>", "<|repo_name|>", "<|file_sep|>", "<tool_response>",
+    "</tool_response>", "<think>", "</think>",
+]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return bundle.build_tokenizer(seed=0)
+
+
+def _check_tokenizer(tok):
+    vocab = tok.get_vocab()
+    ids = [vocab[t] for t in QWEN3_ADDED]
+    assert ids == list(range(ids[0], ids[0] + len(QWEN3_ADDED))), "Qwen3's added tokens, in Qwen3's order"
+    assert ids[-1] == len(tok) - 1, "after the BPE vocabulary, as in Qwen3"
+    assert 300 <= len(tok) <= 1100
+    assert tok.eos_token == "<|im_end|>" and tok.pad_token == "<|endoftext|>"
+    assert prompt.IMAGE_TOKEN not in vocab, "vlmtrack adds <image> at load time"
+    assert tok.chat_template == bundle.CHAT_TEMPLATE_PATH.read_text(encoding="utf-8")
+    for t in QWEN3_ADDED:  # each is one token, never split
+        assert tok(f"a{t}b", add_special_tokens=False)["input_ids"][1:-1] == [vocab[t]]
+
+
+def test_tokenizer_is_qwen3_like(tokenizer):
+    _check_tokenizer(tokenizer)
+    text = "a small red circle at the top left, two shapes: 12!"
+    assert tokenizer.decode(tokenizer(text, add_special_tokens=False)["input_ids"]) == text
+
+
+def test_prompt_renders_like_qwen3(tokenizer):
+    tok = copy.deepcopy(tokenizer)
+    image_id = prompt.add_image_token(tok)
+    text = prompt.prompt_text(tok, "<image>\nDescribe the image concisely.")
+    assert text == (
+        "<|im_start|>user\n<image>\nDescribe the image concisely.<|im_end|>\n"
+        "<|im_start|>assistant\n<think>\n\n</think>\n\n"
+    )
+    ids = tok(text, add_special_tokens=False)["input_ids"]
+    assert ids.count(image_id) == 1 and ids[0] == tok.convert_tokens_to_ids("<|im_start|>")
+    assert tok.convert_tokens_to_ids("<think>") in ids and tok.convert_tokens_to_ids("</think>") in ids
+
+
+def test_tokenizer_is_deterministic(tokenizer):
+    assert bundle.build_tokenizer(seed=0).get_vocab() == tokenizer.get_vocab()
+
+
+def test_attribute_words_are_single_tokens(tokenizer):
+    words = {w for _, scene in synth.sample_records(300, 5) for w in synth.attribute_words(scene)}
+    assert {w: tokenizer.tokenize(" " + w) for w in words if len(tokenizer.tokenize(" " + w)) != 1} == {}
+
+
+def test_caption_lengths_fill_every_bucket(tokenizer):
+    lengths = [prompt.label_len(tokenizer, r["conversations"][1]["value"]) for r, _ in synth.sample_records(600, 5)]
+    shares = [sum(f(n) for n in lengths) / len(lengths) for f in (lambda n: n <= 10, lambda n: 11 <= n <= 20, lambda n: n >= 21)]
+    assert all(share >= 0.08 for share in shares), shares  # about 0.34 / 0.51 / 0.15
+
+
+def test_pretraining_sequences_match_the_product_format(tokenizer):
+    """Without words in the slot, a pretraining sequence is `encode_sample`'s with the slot as fillers."""
+    enc = bundle.PretrainEncoder(tokenizer, num_latents=16)
+    tok = copy.deepcopy(tokenizer)
+    image_id = prompt.add_image_token(tok)
+    rng = random.Random(0)
+    for record, scene in synth.sample_records(20, 3):
+        human, gpt = (turn["value"] for turn in record["conversations"])
+        ref = prompt.encode_sample(tok, human, gpt, image_id, num_latents=16, max_seq_len=512)
+        plain = enc.encode(record, scene, slot_words=False, rng=rng)
+        assert plain.input_ids == [enc.filler_id if i == image_id else i for i in ref.input_ids]
+        assert plain.labels == ref.labels and set(plain.slot_labels) == {prompt.IGNORE_INDEX}
+        words = enc.encode(record, scene, slot_words=True, rng=rng)
+        slot = [i for i, r in zip(words.input_ids, ref.input_ids) if r == image_id]
+        allowed = {t for w in synth.attribute_words(scene) for t in enc.word_ids(w)}
+        assert len(slot) == 16 and set(slot) <= allowed
+        assert words.labels == ref.labels
+
+
+# ------------------------------------------------------------- the built bundle (one build, about a minute)
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    out = tmp_path_factory.mktemp("bundle")
+    bundle.build_bundle(out, num_latents=64, image_size=64, seed=0)
+    return out
+
+
+@pytest.mark.slow
+def test_bundle_loads_with_auto_classes(built, tokenizer):
+    from transformers import AutoImageProcessor, AutoModel, AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(built / "llm")
+    _check_tokenizer(tok)
+    assert tok.get_vocab() == tokenizer.get_vocab(), "same seed, same vocabulary"
+    lm = AutoModelForCausalLM.from_pretrained(built / "llm")
+    assert type(lm).__name__ == "Qwen3ForCausalLM"
+    assert lm.config.vocab_size == len(tok) and lm.config.tie_word_embeddings
+    assert lm.config.eos_token_id == tok.convert_tokens_to_ids("<|im_end|>")
+    tower = AutoModel.from_pretrained(built / "vision")
+    assert type(tower).__name__ == "SiglipVisionModel"
+    processor = AutoImageProcessor.from_pretrained(built / "vision")
+
+    record, scene = synth.sample_records(1, 8)[0]
+    pixels = processor(synth.render(scene, 64), return_tensors="pt")["pixel_values"]
+    assert pixels.shape == (1, 3, 64, 64)
+    with torch.no_grad():
+        feats = tower(pixel_values=pixels).last_hidden_state
+    assert feats.shape == (1, (64 // tower.config.patch_size) ** 2, tower.config.hidden_size)
+    assert torch.isfinite(feats).all()
+
+    image_id = prompt.add_image_token(tok)
+    human, gpt = (turn["value"] for turn in record["conversations"])
+    sample = prompt.encode_sample(tok, human, gpt, image_id, num_latents=64, max_seq_len=512)
+    ids = torch.tensor([sample.input_ids])
+    filler = tok.convert_tokens_to_ids(bundle.SLOT_FILLER)
+    embeds = lm.get_input_embeddings()(torch.where(ids == image_id, filler, ids))
+    with torch.no_grad():
+        out = lm(inputs_embeds=embeds, labels=torch.tensor([sample.labels]))
+    assert out.logits.shape == (1, ids.shape[1], lm.config.vocab_size)
+    assert math.isfinite(out.loss.item())
+
+
+@pytest.mark.slow
+def test_lm_reads_the_slot(built):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    meta = json.loads((built / "bundle.json").read_text())
+    stats = meta["lm_pretraining"]
+    assert all(math.isfinite(v) for v in stats.values())
+    assert stats["train_caption_loss_last50"] < stats["train_caption_loss_first"] / 5
+
+    tok = AutoTokenizer.from_pretrained(built / "llm")
+    lm = AutoModelForCausalLM.from_pretrained(built / "llm").eval()
+    enc = bundle.PretrainEncoder(tok, num_latents=64)
+    pairs = synth.sample_records(64, 77)
+    losses = {}
+    for words in (True, False):
+        rng = random.Random(0)
+        batch = bundle.collate([enc.encode(r, s, slot_words=words, rng=rng) for r, s in pairs], tok.pad_token_id)
+        losses[words] = bundle.caption_loss(lm, batch)
+    assert losses[False] < 1.5, "a real (tiny) LM of the captions"
+    assert losses[True] < losses[False] - 0.15, losses
