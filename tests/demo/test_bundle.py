@@ -96,10 +96,9 @@ def test_pretraining_sequences_match_the_product_format(tokenizer):
 
 
 @pytest.fixture(scope="module")
-def built(tmp_path_factory):
-    out = tmp_path_factory.mktemp("bundle")
-    bundle.build_bundle(out, num_latents=64, image_size=64, seed=0)
-    return out
+def built(demo_assets):
+    """The bundle of the embedded demo, as the README's demo build makes it (built once per session)."""
+    return demo_assets.llm.parent
 
 
 @pytest.mark.slow

@@ -5,15 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from vlmtrack.demo.assets import ensure_demo_assets
 
 REPO = Path(__file__).resolve().parents[2]
-
-
-@pytest.fixture(scope="session")
-def demo_assets():
-    """The embedded demo's dataset and model bundle, built once (cached under data/demo/)."""
-    return ensure_demo_assets(REPO / "data" / "demo")
 
 
 @pytest.fixture(scope="session")
