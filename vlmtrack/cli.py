@@ -51,7 +51,7 @@ def _ablate(args) -> None:
         print(f"{k}={v:.4f}")
     if not args.no_track:
         lc.cfg.train.run_name = f"ablate-{lc.cfg.train.run_name}-step{lc.step}"
-        with tracked_run(lc.cfg, experiment=args.experiment) as tracker:
+        with tracked_run(lc.cfg, training=False, experiment=args.experiment) as tracker:
             tracker.set_tags({"checkpoint": args.checkpoint, "split_hash": lc.data.split.eval_hash})
             tracker.log_metrics(result, lc.step)
 
@@ -71,7 +71,7 @@ def _golden(args) -> None:
     print(f"[golden] {len(records)} captions -> {path}")
     if not args.no_track:
         lc.cfg.train.run_name = f"golden-{lc.cfg.train.run_name}-step{lc.step}"
-        with tracked_run(lc.cfg, experiment=args.experiment) as tracker:
+        with tracked_run(lc.cfg, training=False, experiment=args.experiment) as tracker:
             tracker.set_tags({"checkpoint": args.checkpoint, "golden_hash": lc.data.golden_hash})
             tracker.log_artifact(path, "qual")
             tracker.log_table(records, f"golden/step_{lc.step}_golden{len(records)}.json",
@@ -88,7 +88,7 @@ def _sweep(args) -> None:
     cfg = load_config(args.config, _overrides(args))
     fill_demo_defaults(cfg)
     cfg.train.run_name = cfg.sweep.study_name
-    with tracked_run(cfg, args.config, experiment=args.experiment) as parent:
+    with tracked_run(cfg, args.config, training=False, experiment=args.experiment) as parent:
         exp_id = parent.experiment_id
         run_sweep(cfg, parent, lambda name, parent_id: MlflowTracker(run_name=name, parent_run_id=parent_id,
                                                                      experiment_id=exp_id),

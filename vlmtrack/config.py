@@ -32,6 +32,7 @@ class DataConfig:
     golden_set_path: str = ""  # "" = data/golden/<dataset>_golden<size>.jsonl
     max_seq_len: int = 512
     num_workers: int = 0
+    on_bad_image: str = "skip"  # skip | fail: a train image that cannot be decoded during training
 
 
 @dataclass
@@ -237,6 +238,8 @@ def validate(cfg: Config) -> None:
             f"data.golden_counts {d.golden_counts} must have one count per bucket and sum to "
             f"data.golden_size={d.golden_size}"
         )
+    if d.on_bad_image not in ("skip", "fail"):
+        problems.append(f"data.on_bad_image must be skip or fail, got '{d.on_bad_image}'")
     if d.split_mode not in ("stratified_len", "random"):
         problems.append(f"data.split_mode must be stratified_len or random, got '{d.split_mode}'")
     for name, v in [("data.eval_size", d.eval_size), ("data.max_seq_len", d.max_seq_len),

@@ -23,6 +23,7 @@ class Batch:
     truncated: torch.Tensor  # [B] bool
     ids: list[str]
     image_relpaths: list[str]
+    skipped: list[dict]  # {id, image_relpath, reason} of samples whose image could not be decoded
 
     def to(self, device) -> "Batch":
         for name in ("input_ids", "attention_mask", "labels", "pixel_values"):
@@ -34,23 +35,43 @@ class Batch:
 
 
 def load_image(image_root: Path, relpath: str) -> Image.Image:
+    """RGB, whatever the file's mode (L, LA, P, RGBA, CMYK, 16-bit); transparency over white."""
     path = resolve_image(image_root, relpath)
     try:
         with Image.open(path) as im:
             im.load()
+            if im.mode.startswith("I;16"):  # 16-bit grey: scale to 8 bits rather than clip
+                im = im.convert("I").point(lambda v: v * (1 / 256)).convert("L")
+            if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
+                rgba = im.convert("RGBA")
+                background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+                return Image.alpha_composite(background, rgba).convert("RGB")
             return im.convert("RGB")
     except FileNotFoundError:
         raise DataError(f"image '{relpath}' not found under {image_root}") from None
-    except OSError as e:
+    except (OSError, ValueError, Image.DecompressionBombError) as e:
         raise DataError(f"image '{relpath}' cannot be decoded: {e}") from None
+
+
+def check_images(image_root: Path, relpaths: list[str]) -> list[str]:
+    """Every image that will not decode, with the reason (used on the eval set before the split is used)."""
+    bad = []
+    for rel in relpaths:
+        try:
+            load_image(image_root, rel)
+        except DataError as e:
+            bad.append(str(e))
+    return bad
 
 
 class CaptionDataset(torch.utils.data.Dataset):
     """Samples at `positions` (into the reader's list); text encoded and images loaded on access."""
 
     def __init__(self, samples: list[Sample], metas: list[SampleMeta], positions: list[int], tokenizer,
-                 image_processor, image_root: Path, image_token_id: int, num_latents: int, max_seq_len: int):
+                 image_processor, image_root: Path, image_token_id: int, num_latents: int, max_seq_len: int,
+                 on_bad_image: str = "fail"):
         self.samples, self.metas, self.positions = samples, metas, positions
+        self.on_bad_image = on_bad_image
         self.tokenizer, self.image_processor, self.image_root = tokenizer, image_processor, image_root
         self.image_token_id, self.num_latents, self.max_seq_len = image_token_id, num_latents, max_seq_len
 
@@ -64,16 +85,28 @@ class CaptionDataset(torch.utils.data.Dataset):
     def __getitem__(self, k: int) -> dict:
         i = self.positions[k]
         s, m = self.samples[i], self.metas[i]
+        try:
+            pixels = self.pixels(s.image_relpath)
+        except DataError as e:
+            if self.on_bad_image == "fail":
+                raise DataError(f"id={s.id}: {e} (data.on_bad_image=skip would skip and list it)") from None
+            return {"skipped": {"id": s.id, "image_relpath": s.image_relpath, "reason": str(e)}}
         enc = encode_sample(self.tokenizer, s.human, s.caption, self.image_token_id, self.num_latents, self.max_seq_len)
         return {
-            "input_ids": enc.input_ids, "labels": enc.labels, "pixel_values": self.pixels(s.image_relpath),
+            "input_ids": enc.input_ids, "labels": enc.labels, "pixel_values": pixels,
             "bucket": m.bucket, "label_len": enc.label_len, "num_supervised": enc.num_supervised,
             "truncated": enc.truncated, "id": s.id, "image_relpath": s.image_relpath,
         }
 
 
 def collate(items: list[dict], pad_id: int) -> Batch:
-    """Right-padded training/eval batch."""
+    """Right-padded training/eval batch; samples whose image failed to decode are listed, not batched."""
+    skipped = [it["skipped"] for it in items if "skipped" in it]
+    items = [it for it in items if "skipped" not in it]
+    if not items:
+        return Batch(torch.zeros(0, 1, dtype=torch.long), torch.zeros(0, 1, dtype=torch.long),
+                     torch.zeros(0, 1, dtype=torch.long), torch.zeros(0, 3, 1, 1), [], torch.zeros(0),
+                     torch.zeros(0), torch.zeros(0, dtype=torch.bool), [], [], skipped)
     width = max(len(it["input_ids"]) for it in items)
     ids = torch.full((len(items), width), pad_id, dtype=torch.long)
     labels = torch.full((len(items), width), IGNORE_INDEX, dtype=torch.long)
@@ -90,7 +123,7 @@ def collate(items: list[dict], pad_id: int) -> Batch:
         label_len=torch.tensor([it["label_len"] for it in items]),
         num_supervised=torch.tensor([it["num_supervised"] for it in items]),
         truncated=torch.tensor([it["truncated"] for it in items]),
-        ids=[it["id"] for it in items], image_relpaths=[it["image_relpath"] for it in items],
+        ids=[it["id"] for it in items], image_relpaths=[it["image_relpath"] for it in items], skipped=skipped,
     )
 
 

@@ -5,6 +5,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from vlmtrack.config import Config
+from vlmtrack.data.dataset import check_images
 from vlmtrack.data.golden import default_golden_path, golden_hash, load_or_create_golden
 from vlmtrack.data.llava import DataError, Sample, SampleMeta, get_metadata, read_samples
 from vlmtrack.data.split import Split, content_hash, load_or_build_split
@@ -39,6 +40,11 @@ def prepare_data(cfg: Config, tokenizer, out_dir: Path) -> RunData:
         metas, d.bucket_names, out_dir, eval_size=d.eval_size, max_samples=d.max_samples, seed=d.split_seed,
         mode=d.split_mode, edges=d.len_buckets, data_fingerprint=fingerprint,
     )
+    bad = check_images(image_root, [metas[i].image_relpath for i in split.eval])
+    if bad:
+        shown = "\n  ".join(bad[:20]) + (f"\n  ... and {len(bad) - 20} more" if len(bad) > 20 else "")
+        raise DataError(f"{len(bad)} eval image(s) cannot be used; the eval set must not change silently, so fix "
+                        f"or remove them from the data (then delete {split.path} to rebuild the split):\n  {shown}")
     name = dataset_name(cfg)
     gpath = Path(d.golden_set_path) if d.golden_set_path else default_golden_path(name, d.golden_size)
     golden = load_or_create_golden(gpath, split, metas, samples, d.bucket_names, d.golden_counts, d.golden_seed)

@@ -165,6 +165,21 @@ class MlflowTracker:
             self.client.log_artifacts(self.run_id, tmp, "golden/images")
         self._images_logged.update(todo)
 
+    def link_resumed(self, previous_run_id: str) -> None:
+        """This run continues `previous_run_id` (its process was killed: a SIGKILLed process cannot
+        mark itself): mark it KILLED if it still says RUNNING, and tag both runs with each other."""
+        from mlflow.entities import RunTag
+
+        try:
+            previous = self.client.get_run(previous_run_id)
+        except Exception as e:  # noqa: BLE001 - another store, or deleted: resume anyway
+            print(f"[mlflow] warning: cannot find the resumed run {previous_run_id}: {e}", file=sys.stderr)
+            return
+        if previous.info.status == "RUNNING":
+            self.client.set_terminated(previous_run_id, "KILLED")
+        self.client.log_batch(previous_run_id, tags=[RunTag("resumed_by_run_id", self.run_id)])
+        self.client.log_batch(self.run_id, tags=[RunTag("resumed_from_run_id", previous_run_id)])
+
     def finish(self, status: str = "FINISHED", error: str | None = None) -> None:
         from mlflow.entities import RunTag
 

@@ -4,6 +4,7 @@ KILLED on Ctrl-C. Checkpoints already written stay where they are."""
 from __future__ import annotations
 
 import contextlib
+import json
 import subprocess
 import traceback
 from pathlib import Path
@@ -23,9 +24,28 @@ def git_commit() -> str:
         return "unknown"
 
 
+ATTEMPTS_FILE = "mlflow_runs.json"  # in the output dir: the MLflow run of every attempt, oldest first
+
+
+def record_attempt(cfg: Config, tracker: MlflowTracker) -> None:
+    """Remembers this attempt's run in the output dir; a resumed attempt links itself to the last one."""
+    path = cfg.output_dir / ATTEMPTS_FILE
+    attempts = json.loads(path.read_text()) if path.exists() else []
+    if cfg.train.resume_from and attempts:
+        tracker.link_resumed(attempts[-1]["run_id"])
+    attempts.append({"run_id": tracker.run_id, "resume_from": cfg.train.resume_from})
+    cfg.output_dir.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(attempts, indent=1))
+    tmp.replace(path)
+
+
 @contextlib.contextmanager
-def tracked_run(cfg: Config, config_file: str | None = None, **tracker_kw):
+def tracked_run(cfg: Config, config_file: str | None = None, training: bool = True, **tracker_kw):
+    """`training` runs record their attempt in the output dir (see record_attempt)."""
     tracker = MlflowTracker(run_name=cfg.train.run_name, **tracker_kw)
+    if training:
+        record_attempt(cfg, tracker)
     tracker.set_tags({"git_commit": git_commit(), "cuda": torch.cuda.is_available(),
                       "output_dir": str(cfg.output_dir.resolve())})
     if config_file:

@@ -90,11 +90,12 @@ def train_trials(trials: list[Trial], log=print) -> list[dict]:
                             f"{data.golden_hash} differ from the sweep's {trial.expected_hashes}: refused")
     num_latents = base.model.num_latents
 
-    def dataset(positions):
+    def dataset(positions, on_bad_image="fail"):
         return CaptionDataset(data.samples, data.metas, positions, backbone.tokenizer, backbone.image_processor,
-                              data.image_root, backbone.image_token_id, num_latents, base.data.max_seq_len)
+                              data.image_root, backbone.image_token_id, num_latents, base.data.max_seq_len,
+                              on_bad_image)
 
-    train_set = dataset(data.split.train)
+    train_set = dataset(data.split.train, base.data.on_bad_image)
     steps_per_epoch = len(train_set) // t.batch_size
     if steps_per_epoch == 0:
         raise ValueError(f"train split has {len(train_set)} samples, fewer than train.batch_size={t.batch_size}")
@@ -202,13 +203,28 @@ def train_trials(trials: list[Trial], log=print) -> list[dict]:
             tr.tracker.set_tags({"last_checkpoint": f"checkpoints/{path.name}"})
 
     batches = train_batches(train_set, t.batch_size, t.seed, step, backbone.pad_id, base.data.num_workers)
+    bad_samples: list[dict] = []
+
+    def next_batch():
+        """The next batch with at least one sample; undecodable images are skipped and listed."""
+        while True:
+            b = next(batches)
+            if b.skipped:
+                bad_samples.extend(b.skipped)
+                for tr in active:
+                    tr.tracker.log_metrics({"data_bad_images": len(bad_samples)}, step)
+                    write_jsonl(tr.out_dir / "bad_samples.jsonl", bad_samples)
+                log(f"[data] skipped {len(b.skipped)} undecodable image(s), {len(bad_samples)} so far: "
+                    f"{b.skipped[0]['reason']}")
+            if len(b):
+                return b
     window_tokens, sanity = 0, {"n": 0, "truncated": 0, "label_zero": 0, "label_tokens": 0}
     progress_every = max(1, round(total_steps * t.progress_percent))
     t_start, t_log, step_log = time.perf_counter(), time.perf_counter(), step
     while step < total_steps:
         t0 = time.perf_counter()
         n_micro = min(t.gradient_accum, total_steps - step)
-        window = [next(batches) for _ in range(n_micro)]
+        window = [next_batch() for _ in range(n_micro)]
         t_data = time.perf_counter() - t0
         tokens = sum(int(b.num_supervised.sum()) for b in window)
         for b in window:
@@ -272,6 +288,9 @@ def train_trials(trials: list[Trial], log=print) -> list[dict]:
                 or (step == total_steps and t.run_golden_every != "never")):
             golden(step)
 
+    if bad_samples:
+        for tr in active:
+            tr.tracker.log_artifact(tr.out_dir / "bad_samples.jsonl")
     results = []
     ablations = []
     if e.run_ablations and active:
@@ -287,6 +306,12 @@ def train_trials(trials: list[Trial], log=print) -> list[dict]:
             log(f"[ablation] {tr.cfg.train.run_name} " + " ".join(f"{k}={v:.4f}" for k, v in abl.items()))
         results.append(write_metrics(tr, step, abl, timing, steps_per_epoch, data))
     return results
+
+
+def write_jsonl(path: Path, rows: list[dict]) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    tmp.replace(path)
 
 
 def resume_path(trial: Trial) -> Path:

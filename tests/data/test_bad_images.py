@@ -1,0 +1,118 @@
+"""Images as web-scraped data has them: odd modes and sizes decode; broken files are named, skipped in
+training under data.on_bad_image=skip (and listed), and never silently change the eval set."""
+import json
+import shutil
+
+import numpy as np
+import pytest
+from PIL import Image
+from transformers import SiglipImageProcessor
+
+from tests.helpers.tiny_models import tiny_config
+from vlmtrack.data.dataset import load_image
+from vlmtrack.data.llava import DataError
+from vlmtrack.data.pipeline import prepare_data
+from vlmtrack.model.backbone import load_tokenizer
+from vlmtrack.tracking.base import JsonlTracker
+from vlmtrack.train import loop
+
+rgb = np.random.default_rng(0).integers(0, 255, (40, 60, 3), dtype=np.uint8)
+
+
+@pytest.mark.parametrize("name,make", [
+    ("l.png", lambda: Image.fromarray(rgb[..., 0], "L")),
+    ("la.png", lambda: Image.fromarray(rgb[..., 0], "L").convert("LA")),
+    ("p.png", lambda: Image.fromarray(rgb).convert("P")),
+    ("rgba.png", lambda: Image.fromarray(rgb).convert("RGBA")),
+    ("cmyk.jpg", lambda: Image.fromarray(rgb).convert("CMYK")),
+    ("i16.png", lambda: Image.fromarray((rgb[..., 0].astype(np.uint16) * 257))),
+    ("one.png", lambda: Image.new("RGB", (1, 1), (255, 0, 0))),
+    ("wide.jpg", lambda: Image.new("RGB", (10_000, 20), (0, 0, 255))),
+])
+def test_odd_modes_and_sizes_decode_to_rgb(tmp_path, name, make):
+    make().save(tmp_path / name)
+    image = load_image(tmp_path, name)
+    assert image.mode == "RGB"
+    pixels = SiglipImageProcessor(size={"height": 32, "width": 32})(images=image, return_tensors="pt")["pixel_values"]
+    assert pixels.shape == (1, 3, 32, 32)
+    if name == "i16.png":  # scaled to 8 bits, not clipped to white
+        assert 0 < np.asarray(image).mean() < 250
+
+
+@pytest.mark.parametrize("content,name", [(b"", "zero.jpg"), (b"not an image at all", "text.jpg")])
+def test_broken_files_are_named(tmp_path, content, name):
+    (tmp_path / name).write_bytes(content)
+    with pytest.raises(DataError, match=name):
+        load_image(tmp_path, name)
+
+
+def test_truncated_and_missing(tmp_path):
+    Image.fromarray(rgb).save(tmp_path / "ok.jpg")
+    (tmp_path / "cut.jpg").write_bytes((tmp_path / "ok.jpg").read_bytes()[:200])
+    with pytest.raises(DataError, match="cut.jpg"):
+        load_image(tmp_path, "cut.jpg")
+    with pytest.raises(DataError, match="missing.jpg' not found"):
+        load_image(tmp_path, "missing.jpg")
+
+
+@pytest.fixture
+def copied(tiny_paths, tmp_path):
+    shutil.copytree(tiny_paths["images"].parent, tmp_path / "data")
+    return dict(tiny_paths, data=tmp_path / "data" / tiny_paths["data"].name, images=tmp_path / "data" / "images")
+
+
+def break_images(cfg, paths, which: str, n: int):
+    data = prepare_data(cfg, load_tokenizer(cfg.model.llm), cfg.output_dir)
+    positions = data.split.train if which == "train" else data.split.eval
+    broken = [data.samples[i] for i in positions[:n]]
+    for s in broken:
+        (paths["images"] / s.image_relpath).write_bytes(b"\xff\xd8 truncated")
+    shutil.rmtree(cfg.output_dir)
+    return broken
+
+
+def test_train_images_skipped_and_listed(copied, tmp_path):
+    cfg = tiny_config(copied, tmp_path / "run", quick_eval_steps=0, train_steps=16)
+    broken = break_images(cfg, copied, "train", 3)
+    tracker = JsonlTracker()
+    result = loop.train(cfg, tracker, log=lambda *_: None)
+    assert result["status"] == "FINISHED"
+    listed = [json.loads(x) for x in (tmp_path / "run" / "bad_samples.jsonl").read_text().splitlines()]
+    assert sorted(r["id"] for r in listed) == sorted(s.id for s in broken)
+    assert all("cannot be decoded" in r["reason"] for r in listed)
+    assert tracker.metrics("data_bad_images")[-1][1] == 3
+
+
+def test_on_bad_image_fail_names_the_sample(copied, tmp_path):
+    cfg = tiny_config(copied, tmp_path / "run", quick_eval_steps=0, train_steps=16)
+    cfg.data.on_bad_image = "fail"
+    broken = break_images(cfg, copied, "train", 1)
+    with pytest.raises(DataError, match=f"id={broken[0].id}"):
+        loop.train(cfg, JsonlTracker(), log=lambda *_: None)
+
+
+def test_bad_eval_image_fails_the_split_build(copied, tmp_path):
+    cfg = tiny_config(copied, tmp_path / "run")
+    broken = break_images(cfg, copied, "eval", 2)
+    with pytest.raises(DataError, match="2 eval image") as err:
+        prepare_data(cfg, load_tokenizer(cfg.model.llm), cfg.output_dir)
+    assert all(s.image_relpath in str(err.value) for s in broken)
+
+
+def test_non_ascii_and_right_to_left_captions(tmp_path):
+    from tests.helpers.tiny_tokenizer import tiny_tokenizer
+    from vlmtrack.data.llava import read_samples
+    from vlmtrack.data.prompt import add_image_token, encode_sample
+
+    caps = ["un cercle rouge à gauche — été", "دائرة حمراء على اليسار", "赤い円"]
+    records = [{"id": str(i), "image": f"{i}.jpg", "conversations": [
+        {"from": "human", "value": "<image>\nDescribe the image concisely."}, {"from": "gpt", "value": c}]}
+        for i, c in enumerate(caps)]
+    (tmp_path / "d.json").write_text(json.dumps(records, ensure_ascii=False), encoding="utf-8")
+    samples = read_samples(tmp_path / "d.json")
+    assert [s.caption for s in samples] == caps
+    tok = tiny_tokenizer()
+    iid = add_image_token(tok)
+    for s in samples:
+        enc = encode_sample(tok, s.human, s.caption, iid, 4, 512)
+        assert enc.label_len > 0 and not enc.truncated
