@@ -98,6 +98,7 @@ class SweepConfig:
     score_weight: float = 0.1  # score = eval_loss_end - w * (delta_shuffle + delta_zero)
     side_by_side: bool = True  # train a group of trials in one process over one backbone pass
     group_size: int = 0  # trials per group; 0 = as many as fit (all of them on CPU)
+    heartbeat_s: float = 30.0  # Optuna heartbeat; a trial silent for 4x this is taken as dead and retried
 
 
 @dataclass
@@ -268,9 +269,13 @@ def validate(cfg: Config) -> None:
         problems.append("model.resampler_heads and model.resampler_depth must be positive")
     if not 0 < e.top_p <= 1 or e.temperature < 0:
         problems.append(f"eval.top_p must be in (0, 1] and eval.temperature ≥ 0, got {e.top_p}, {e.temperature}")
-    if not cfg.sweep.lr or any(v <= 0 for v in cfg.sweep.lr) or not cfg.sweep.vision_ln:
-        problems.append(f"sweep.lr must be a non-empty list of positive rates and sweep.vision_ln non-empty, "
-                        f"got {cfg.sweep.lr}, {cfg.sweep.vision_ln}")
+    sw = cfg.sweep
+    if not sw.lr or any(v <= 0 for v in sw.lr) or len(set(sw.lr)) != len(sw.lr):
+        problems.append(f"sweep.lr must be a non-empty list of distinct positive rates, got {sw.lr}")
+    if not sw.vision_ln or len(set(sw.vision_ln)) != len(sw.vision_ln):
+        problems.append(f"sweep.vision_ln must be a non-empty list of distinct true/false, got {sw.vision_ln}")
+    if sw.heartbeat_s <= 0:
+        problems.append(f"sweep.heartbeat_s must be positive, got {sw.heartbeat_s}")
     if problems:
         raise ConfigError("invalid config:\n  " + "\n  ".join(problems))
 

@@ -69,7 +69,7 @@ def test_gpu_image_is_non_root_and_copies_existing_paths():
     users = re.findall(r"^USER (\S+)", text, re.M)
     assert users and users[-1] != "root"
     assert 'CMD ["vlmtrack"' in text
-    assert "psycopg2" in text  # Optuna's PostgreSQL storage from the sweep workers
+    assert "psycopg" in text  # Optuna's PostgreSQL storage from the sweep workers
     mlflow_image = (DOCKER / "mlflow.Dockerfile").read_text()
     import mlflow
-    assert f"mlflow=={mlflow.__version__}" in mlflow_image and "psycopg2" in mlflow_image and "boto3" in mlflow_image
+    assert f"mlflow=={mlflow.__version__}" in mlflow_image and "psycopg" in mlflow_image and "boto3" in mlflow_image

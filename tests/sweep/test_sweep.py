@@ -57,9 +57,10 @@ def test_sweep_runs_each_grid_point_once_and_summarises(tiny_paths, tmp_path):
     assert wc["train"]["lr"] == winner.params["lr"] and wc["model"]["vision_ln"] == winner.params["vision_ln"]
     assert (tmp_path / "sweep" / "sweep_trial_summary.csv").read_text().count("\n") == 5
 
-    # a second worker on the same storage finds nothing left to do
+    # a re-run on the same storage finds nothing left to do
     again = run_sweep(cfg, tracker(), make, tok, log=lambda *_: None)
     assert len(again.get_trials(states=(TrialState.COMPLETE,))) == 4 and len(children) == 4
+    assert not again.get_trials(states=(TrialState.WAITING, TrialState.RUNNING))
 
 
 def test_worker_with_other_data_is_refused(tiny_paths, tmp_path):

@@ -2,6 +2,7 @@
 the score, and when the grid is complete writes the summary to the parent run."""
 from __future__ import annotations
 
+import time
 import traceback
 from typing import Callable
 
@@ -45,18 +46,11 @@ def one_by_one(trials: list[Trial], log=print) -> list[dict]:
     return results
 
 
-class DuplicatePoint(Exception):
-    pass
-
-
-class TrialFailed(Exception):
-    pass
-
-
 def run_sweep(cfg: Config, parent, make_tracker, tokenizer_for_hashes, log=print) -> optuna.Study:
-    """`parent` is the sweep's tracker; `make_tracker(name, parent_run_id)` opens a nested run.
-    `study.optimize` drives the grid (heartbeats, stale-trial retries, GridSampler's stop); each of its
-    trials may take up to group_size - 1 further grid points to train side by side."""
+    """One worker: queue what is missing, then pop queued grid points (a group at a time, trained side by
+    side or one by one), tell Optuna each score; wait for other workers' running trials (a dead one's
+    is retried); write the summary when the grid is complete. `parent` is the sweep's tracker;
+    `make_tracker(name, parent_run_id)` opens a nested run."""
     study = S.open_study(cfg)
     data = prepare_data(cfg, tokenizer_for_hashes, S.sweep_dir(cfg) / "shared")
     S.pin_hashes(study, data.split.eval_hash, data.golden_hash)
@@ -65,11 +59,11 @@ def run_sweep(cfg: Config, parent, make_tracker, tokenizer_for_hashes, log=print
     parent_run_id = study.user_attrs.get("mlflow_parent_run_id", parent.run_id)
     parent.set_tags({"optuna_study": cfg.sweep.study_name, "optuna_storage": S.storage_url(cfg).split("@")[-1],
                      "split_hash": data.split.eval_hash, "golden_hash": data.golden_hash})
-    log(f"[sweep] study {cfg.sweep.study_name}: grid {S.grid(cfg)}; storage {S.storage_url(cfg)}")
-    group_size = choose_group_size(cfg, S.grid_size(cfg), log)
+    queued = S.enqueue_missing(study, cfg)
+    log(f"[sweep] study {cfg.sweep.study_name}: grid {S.grid(cfg)}; {queued} point(s) queued; "
+        f"storage {S.storage_url(cfg)}")
+    group_size = choose_group_size(cfg, len(S.grid_points(cfg)), log)
     runner: TrialRunner = side_by_side if group_size > 1 else one_by_one
-
-    trials_by_number: dict[int, Trial] = {}
 
     def start(t: optuna.Trial) -> Trial:
         tc = S.trial_config(cfg, t)
@@ -80,42 +74,31 @@ def run_sweep(cfg: Config, parent, make_tracker, tokenizer_for_hashes, log=print
         t.set_user_attr("output_dir", tc.train.output_dir)
         log(f"[sweep] trial {t.number}: lr={t.params['lr']:g} vision_ln={t.params['vision_ln']} "
             f"-> {tc.train.output_dir}")
-        trials_by_number[t.number] = Trial(tc, tracker, expected_hashes=(data.split.eval_hash, data.golden_hash))
-        return trials_by_number[t.number]
+        return Trial(tc, tracker, expected_hashes=(data.split.eval_hash, data.golden_hash))
 
-    def finish(t: optuna.Trial, tr: Trial, result: dict) -> float:
-        if result.get("status") != "FINISHED" or "score" not in result:
-            t.set_user_attr("error", result.get("error", "no score"))
-            raise TrialFailed(result.get("error", "no score"))
-        record_result(t, result, cfg)
-        tr.tracker.log_metrics({"score": result["score"]}, result["step"])
-        tr.tracker.finish("FINISHED")
-        return result["score"]
-
-    def objective(first: optuna.Trial) -> float:
-        S.suggest_point(first, cfg)
-        if S.is_duplicate(study, first):
-            raise DuplicatePoint(f"grid point {S.point_key(first.params)} is already taken")
-        extras = S.ask_more(study, cfg, group_size - 1)
-        group = [first, *extras]
-        with S.heartbeats(study, extras):
-            results = runner([start(t) for t in group], log)
-        for t, result in list(zip(group, results))[1:]:
-            try:
-                study.tell(t, finish(t, trials_by_number[t.number], result))
-            except TrialFailed:
-                study.tell(t, state=TrialState.FAIL)
-        return finish(first, trials_by_number[first.number], results[0])
-
-    def stop_when_done(st: optuna.Study, _trial) -> None:
-        if not S.work_left(st, cfg):
-            st.stop()
-
-    if S.work_left(study, cfg):
-        study.optimize(objective, catch=(DuplicatePoint, TrialFailed), callbacks=[stop_when_done],
-                       gc_after_trial=True)
-    if not S.work_left(study, cfg):
+    while True:
+        group = S.pop_trials(study, cfg, group_size)
+        if not group:
+            if not S.others_running(study):
+                break
+            time.sleep(cfg.sweep.heartbeat_s)  # other workers' trials: finished, or stale and re-queued
+            continue
+        with S.heartbeats(study, group, cfg.sweep.heartbeat_s):
+            trials = [start(t) for t in group]
+            results = runner(trials, log)
+        for t, tr, result in zip(group, trials, results):
+            if result.get("status") != "FINISHED" or "score" not in result:
+                t.set_user_attr("error", str(result.get("error", "no score"))[:1000])
+                S.tell(study, t, failed=True)
+                continue
+            record_result(t, result, cfg)
+            S.tell(study, t, result["score"])
+            tr.tracker.log_metrics({"score": result["score"]}, result["step"])
+            tr.tracker.finish("FINISHED")
+    if S.grid_complete(study, cfg):
         write_summary(study, cfg, parent, log)
+    else:
+        log("[sweep] some grid points failed: re-run the sweep to retry them")
     return study
 
 

@@ -1,8 +1,13 @@
 """The LR x vision_ln sweep (spec 4): an Optuna GridSampler study whose trials are nested MLflow runs.
 
-Several workers may share one Optuna storage (PostgreSQL): each asks the study for grid points that
-no one has taken, so every point runs once; a trial whose process died (no heartbeat) is marked
-failed and its grid point retried. The objective is the composite score, minimised.
+Exactly once, with several workers on one RDB storage (PostgreSQL), comes from the trial queue, not
+from GridSampler (whose docs warn it may suggest a configuration twice with several workers): every
+grid point is enqueued as a WAITING trial, and RDB storage hands a waiting trial to one worker only
+(its WAITING -> RUNNING update is atomic). Should two workers enqueue the same point at once, the
+lowest-numbered live trial of a point is the one that trains; the others stand down. A worker that
+dies leaves a RUNNING trial whose heartbeat goes stale: the next worker fails it and re-queues its
+point. A re-run re-queues every point that has no complete, running or waiting trial, so failed
+points are retried explicitly and finished ones never run again.
 """
 from __future__ import annotations
 
@@ -10,22 +15,27 @@ import contextlib
 import copy
 import json
 import os
+import random
 import threading
+import time
 from pathlib import Path
 
 import optuna
-from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
-from optuna.storages._heartbeat import is_heartbeat_enabled
+from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback, fail_stale_trials
 from optuna.trial import TrialState
 
 from vlmtrack.config import Config
 from vlmtrack.data.llava import DataError
 
-HEARTBEAT_S = 30
+STOOD_DOWN = "stood_down"  # user attr of a trial that did not train: its point belongs to another trial
 
 
 def grid(cfg: Config) -> dict[str, list]:
     return {"lr": list(cfg.sweep.lr), "vision_ln": list(cfg.sweep.vision_ln)}
+
+
+def grid_points(cfg: Config) -> list[dict]:
+    return [{"lr": float(lr), "vision_ln": bool(ln)} for lr in cfg.sweep.lr for ln in cfg.sweep.vision_ln]
 
 
 def sweep_dir(cfg: Config) -> Path:
@@ -36,13 +46,24 @@ def storage_url(cfg: Config) -> str:
     return cfg.sweep.storage or f"sqlite:///{(sweep_dir(cfg) / 'optuna.db').resolve()}"
 
 
-def open_study(cfg: Config) -> optuna.Study:
+def open_study(cfg: Config, attempts: int = 5) -> optuna.Study:
+    """Creates or loads the study. Workers started together race to create Optuna's schema in a fresh
+    database; the loser's error is transient, so it retries."""
+    from sqlalchemy.exc import SQLAlchemyError
+
     sweep_dir(cfg).mkdir(parents=True, exist_ok=True)
-    storage = RDBStorage(storage_url(cfg), heartbeat_interval=HEARTBEAT_S, grace_period=4 * HEARTBEAT_S,
-                         heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=2))
-    sampler = optuna.samplers.GridSampler(grid(cfg), seed=cfg.train.seed)
-    return optuna.create_study(study_name=cfg.sweep.study_name, storage=storage, sampler=sampler,
-                               direction="minimize", load_if_exists=True)
+    beat = cfg.sweep.heartbeat_s
+    for attempt in range(attempts):
+        try:
+            storage = RDBStorage(storage_url(cfg), heartbeat_interval=beat, grace_period=4 * beat,
+                                 heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=2))
+            sampler = optuna.samplers.GridSampler(grid(cfg), seed=cfg.train.seed)
+            return optuna.create_study(study_name=cfg.sweep.study_name, storage=storage, sampler=sampler,
+                                       direction="minimize", load_if_exists=True)
+        except (SQLAlchemyError, optuna.exceptions.DuplicatedStudyError):
+            if attempt == attempts - 1:
+                raise
+            time.sleep(0.5 + random.random())
 
 
 def pin_hashes(study: optuna.Study, split_hash: str, golden_hash: str) -> None:
@@ -64,61 +85,79 @@ def point_key(params: dict) -> str:
     return json.dumps({"lr": float(params["lr"]), "vision_ln": bool(params["vision_ln"])}, sort_keys=True)
 
 
-def grid_size(cfg: Config) -> int:
-    return len(cfg.sweep.lr) * len(cfg.sweep.vision_ln)
+def _point(t) -> str | None:
+    fixed = t.system_attrs.get("fixed_params") or t.params
+    return point_key(fixed) if fixed else None
 
 
-def claimed_points(study: optuna.Study, except_number: int | None = None) -> set[str]:
-    """Grid points done, running, or failed for a reason of their own: not as a duplicate, and not as
-    a dead worker's trial that has been queued again."""
-    trials = study.get_trials(deepcopy=False)
-    retried = {t.system_attrs.get("failed_trial") for t in trials}
-    out = set()
-    for t in trials:
-        if t.number == except_number or not t.params:
+def enqueue_missing(study: optuna.Study, cfg: Config) -> int:
+    """Queues every grid point that has no complete, running or waiting trial; returns how many."""
+    live = (TrialState.COMPLETE, TrialState.RUNNING, TrialState.WAITING)
+    held = {_point(t) for t in study.get_trials(deepcopy=False, states=live) if STOOD_DOWN not in t.user_attrs}
+    missing = [p for p in grid_points(cfg) if point_key(p) not in held]
+    for p in missing:
+        study.enqueue_trial(p)
+    return len(missing)
+
+
+def stands_down(study: optuna.Study, trial: optuna.Trial) -> bool:
+    """Another trial owns this point: one complete, or a lower-numbered one running or waiting."""
+    mine = point_key(trial.params)
+    for t in study.get_trials(deepcopy=False):
+        if t.number == trial.number or _point(t) != mine or STOOD_DOWN in t.user_attrs:
             continue
-        if t.state in (TrialState.COMPLETE, TrialState.RUNNING) or (
-                t.state == TrialState.FAIL and "duplicate_of_grid_point" not in t.user_attrs
-                and t.number not in retried):
-            out.add(point_key(t.params))
-    return out
-
-
-def work_left(study: optuna.Study, cfg: Config) -> bool:
-    waiting = study.get_trials(deepcopy=False, states=(TrialState.WAITING,))  # e.g. retries of dead trials
-    return bool(waiting) or len(claimed_points(study)) < grid_size(cfg)
-
-
-def suggest_point(trial: optuna.Trial, cfg: Config) -> dict:
-    return {"lr": trial.suggest_categorical("lr", list(cfg.sweep.lr)),
-            "vision_ln": trial.suggest_categorical("vision_ln", list(cfg.sweep.vision_ln))}
-
-
-def is_duplicate(study: optuna.Study, trial: optuna.Trial) -> bool:
-    """Another trial already holds this point (workers raced for the last free one)."""
-    if point_key(trial.params) in claimed_points(study, except_number=trial.number):
-        trial.set_user_attr("duplicate_of_grid_point", point_key(trial.params))
-        return True
+        if t.state == TrialState.COMPLETE or (
+                t.state in (TrialState.RUNNING, TrialState.WAITING) and t.number < trial.number):
+            return True
     return False
 
 
-def ask_more(study: optuna.Study, cfg: Config, k: int) -> list[optuna.Trial]:
-    """Up to k further trials on free grid points, for a group trained side by side."""
-    out = []
-    while len(out) < k and work_left(study, cfg):
-        trial = study.ask()
-        suggest_point(trial, cfg)
-        if is_duplicate(study, trial):
+def tell(study: optuna.Study, trial: optuna.Trial, value: float | None = None, failed: bool = False) -> None:
+    """study.tell outside optimize(): GridSampler calls study.stop() when the grid is covered, which
+    raises outside optimize() after the trial's state has been stored; that stop means nothing here."""
+    try:
+        if failed:
             study.tell(trial, state=TrialState.FAIL)
+        else:
+            study.tell(trial, value)
+    except RuntimeError as e:
+        if "Study.stop" not in str(e):
+            raise
+
+
+def pop_trials(study: optuna.Study, cfg: Config, k: int) -> list[optuna.Trial]:
+    """Up to k queued trials for this worker (and none that another trial owns)."""
+    fail_stale_trials(study)  # dead workers' trials -> FAIL, their points queued again
+    out = []
+    while len(out) < k and study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
+        trial = study.ask()
+        if "fixed_params" not in study._storage.get_trial_system_attrs(trial._trial_id):
+            # the queue emptied under us and ask() made a sampler trial: not ours to train
+            trial.set_user_attr(STOOD_DOWN, "not from the queue")
+            tell(study, trial, failed=True)
+            break
+        trial.suggest_categorical("lr", list(cfg.sweep.lr))
+        trial.suggest_categorical("vision_ln", list(cfg.sweep.vision_ln))
+        if stands_down(study, trial):
+            trial.set_user_attr(STOOD_DOWN, "another trial owns this grid point")
+            tell(study, trial, failed=True)
             continue
         out.append(trial)
     return out
 
 
+def others_running(study: optuna.Study) -> bool:
+    return bool(study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)))
+
+
+def grid_complete(study: optuna.Study, cfg: Config) -> bool:
+    done = {point_key(t.params) for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))}
+    return all(point_key(p) in done for p in grid_points(cfg))
+
+
 @contextlib.contextmanager
-def heartbeats(study: optuna.Study, trials: list[optuna.Trial]):
-    """Heartbeats for trials asked outside `optimize`'s own (side-by-side extras), so a worker that dies
-    leaves them stale, to be failed and retried by the next worker."""
+def heartbeats(study: optuna.Study, trials: list[optuna.Trial], every: float):
+    """Heartbeats for our trials while they train, so a worker that dies leaves them stale."""
     storage = study._storage
     stop = threading.Event()
 
@@ -129,15 +168,15 @@ def heartbeats(study: optuna.Study, trials: list[optuna.Trial]):
                     storage.record_heartbeat(t._trial_id)
                 except Exception:  # noqa: BLE001 - a missed beat only delays stale detection
                     pass
-            stop.wait(HEARTBEAT_S)
+            stop.wait(every)
 
     thread = threading.Thread(target=beat, daemon=True, name="optuna-heartbeats")
-    if trials and is_heartbeat_enabled(storage):
-        thread.start()
+    thread.start()
     try:
         yield
     finally:
         stop.set()
+        thread.join(timeout=5)
 
 
 def trial_config(cfg: Config, trial: optuna.Trial) -> Config:
