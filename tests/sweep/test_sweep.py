@@ -70,3 +70,16 @@ def test_worker_with_other_data_is_refused(tiny_paths, tmp_path):
     study.set_user_attr("golden_hash", "bbbb")
     with pytest.raises(DataError, match="would not be comparable"):
         run_sweep(cfg, tracker(), tracker, load_tokenizer(cfg.model.llm), log=lambda *_: None)
+
+
+def test_sweep_side_by_side_group(tiny_paths, tmp_path, monkeypatch):
+    from vlmtrack.sweep import run as sweep_run
+
+    cfg = sweep_cfg(tiny_paths, tmp_path)
+    cfg.sweep.group_size = 4
+    groups = []
+    real = sweep_run.train_trials
+    monkeypatch.setattr(sweep_run, "train_trials", lambda trials, log=print: groups.append(len(trials)) or real(trials, log))
+    study = run_sweep(cfg, tracker(), tracker, load_tokenizer(cfg.model.llm), log=lambda *_: None)
+    assert groups == [4]  # the four grid points trained together, through one backbone pass per batch
+    assert len(study.get_trials(states=(TrialState.COMPLETE,))) == 4
