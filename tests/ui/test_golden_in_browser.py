@@ -71,29 +71,31 @@ def test_golden_table_shows_64_thumbnails_and_captions(ui, demo_run, tmp_path):
     captions = {row[expected["columns"].index("pred_text")] for row in expected["data"]}
 
     driver = browser(tmp_path)
+    thumbs = "img[src*='golden%2Fimages']"
     try:
         driver.get(f"{ui}/#/experiments/{exp.experiment_id}/runs/{run.info.run_id}/artifacts/{table_path}")
-        wait = WebDriverWait(driver, 60)
-        toggle = wait.until(EC.element_to_be_clickable((By.XPATH, "//*[contains(text(), 'View as table')]")))
-        toggle.click()
+        wait = WebDriverWait(driver, 90)
+        toggle = wait.until(EC.presence_of_element_located((By.XPATH, "//label[.//*[text()='View as table']]")))
+        if "checked" not in toggle.get_attribute("class"):  # the table view, not the raw JSON
+            toggle.click()
         seen_text, seen_images = set(), set()
-        for _ in range(80):  # the table paginates by the height it has
-            wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "[role='table'] img, table img"))
-            time.sleep(0.5)
-            for img in driver.find_elements(By.CSS_SELECTOR, "[role='table'] img, table img"):
-                if img.get_attribute("naturalWidth") not in (None, "0"):
-                    seen_images.add(img.get_attribute("src"))
+        for page in range(64):  # the table paginates by the height it has
+            wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, thumbs))
+            wait.until(lambda d: all(i.get_attribute("naturalWidth") not in (None, "0")
+                                     for i in d.find_elements(By.CSS_SELECTOR, thumbs)))
+            seen_images |= {i.get_attribute("src") for i in driver.find_elements(By.CSS_SELECTOR, thumbs)}
             body = driver.find_element(By.TAG_NAME, "body").text
             seen_text |= {c for c in captions if c in body}
-            ARTIFACTS.mkdir(exist_ok=True)
-            if len(seen_images) <= 64 and not (ARTIFACTS / "golden_table.png").exists():
+            if page == 0:
+                ARTIFACTS.mkdir(exist_ok=True)
                 driver.save_screenshot(str(ARTIFACTS / "golden_table.png"))
-            nxt = [b for b in driver.find_elements(By.CSS_SELECTOR, "button[aria-label*='ext'], li[title*='Next'] button")
-                   if b.is_enabled()]
-            if not nxt:
+            nxt = driver.find_element(By.CSS_SELECTOR, "li[title='Next Page']")
+            if "disabled" in nxt.get_attribute("class"):
                 break
-            nxt[0].click()
+            first = driver.find_element(By.CSS_SELECTOR, thumbs).get_attribute("src")
+            nxt.find_element(By.TAG_NAME, "button").click()
+            wait.until(lambda d: d.find_element(By.CSS_SELECTOR, thumbs).get_attribute("src") != first)
         assert len(seen_images) == 64, f"{len(seen_images)} thumbnails rendered"
-        assert seen_text == captions
+        assert seen_text == captions, captions - seen_text
     finally:
         driver.quit()
