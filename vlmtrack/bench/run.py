@@ -113,7 +113,7 @@ def loop_throughput(cfg: Config, skip: int, log) -> dict:
     result = train_trials([Trial(cfg, tracker)], log)[0]
     wall = time.perf_counter() - t0
     timing = torch.load(Path(cfg.train.output_dir) / "checkpoints" / f"step_{result['step']}" / "trainer_state.pt",
-                        weights_only=False)["timing"]
+                        weights_only=True)["timing"]
     steps = timing["step_s"][skip:]
     waits = timing["data_wait_s"][skip:]
     per_step = cfg.train.batch_size * cfg.train.gradient_accum

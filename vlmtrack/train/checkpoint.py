@@ -61,7 +61,7 @@ def load_connector_weights(path: Path) -> tuple[dict, dict]:
 
 
 def load_trainer_state(path: Path) -> dict:
-    return torch.load(path / "trainer_state.pt", weights_only=False)
+    return torch.load(path / "trainer_state.pt", weights_only=True)  # no pickled code from a checkpoint
 
 
 def latest_checkpoint(out_dir: Path) -> Path | None:
