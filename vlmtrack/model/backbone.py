@@ -4,6 +4,7 @@ sequences of all connectors, with the loss only at label positions."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -18,7 +19,34 @@ class ModelLoadError(ValueError):
     pass
 
 
+def check_model_source(path: str, what: str) -> None:
+    """Fails fast, in one line: a local path that does not exist, or a hub id that is neither in the
+    HF cache nor reachable (instead of a minute of retries and a stack of warnings)."""
+    import os
+    import socket
+    from urllib.parse import urlparse
+
+    if Path(path).expanduser().exists():
+        return
+    if path.startswith(("/", ".", "~")) or path.count("/") > 1 or "\\" in path:
+        raise ModelLoadError(f"{what} path '{path}' does not exist: give an existing folder or a hub id")
+    from huggingface_hub import try_to_load_from_cache
+
+    if isinstance(try_to_load_from_cache(path, "config.json"), str) or os.environ.get("HF_HUB_OFFLINE") == "1":
+        return
+    endpoint = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
+    host = endpoint.hostname
+    try:
+        socket.create_connection((host, endpoint.port or 443), timeout=5).close()
+    except OSError as e:
+        raise ModelLoadError(
+            f"{what} '{path}' is not in the HF cache and {host} cannot be reached ({e.strerror or e}): "
+            "download it where there is network (huggingface-cli download) or give a local path"
+        ) from None
+
+
 def _from_pretrained(loader, path: str, what: str, **kw):
+    check_model_source(path, what)
     try:
         return loader.from_pretrained(path, **kw)
     except OSError as e:
