@@ -52,9 +52,24 @@ def browser(tmp_path):
     opts.binary_location = shutil.which("chromium") or "/usr/bin/chromium"
     for flag in ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                 "--disable-dev-shm-usage", f"--user-data-dir={tmp_path / 'chrome'}", "--window-size=1600,2400"]:
+                 "--disable-dev-shm-usage", f"--user-data-dir={tmp_path / 'chrome'}", "--window-size=1600,12000"]:
         opts.add_argument(flag)
     return webdriver.Chrome(service=Service(shutil.which("chromedriver") or "/usr/bin/chromedriver"), options=opts)
+
+
+def settled_thumbnails(driver, wait, css: str) -> set[str]:
+    """The page's thumbnails once the table has stopped changing and every image has loaded."""
+    from selenium.webdriver.common.by import By
+
+    last = None
+    for _ in range(100):
+        imgs = driver.find_elements(By.CSS_SELECTOR, css)
+        now = [(i.get_attribute("src"), i.get_attribute("naturalWidth")) for i in imgs]
+        if now and now == last and all(w not in (None, "0") for _, w in now):
+            return {src for src, _ in now}
+        last = now
+        time.sleep(0.3)
+    raise AssertionError(f"the table did not settle: {last}")
 
 
 def test_golden_table_shows_64_thumbnails_and_captions(ui, demo_run, tmp_path):
@@ -80,10 +95,7 @@ def test_golden_table_shows_64_thumbnails_and_captions(ui, demo_run, tmp_path):
             toggle.click()
         seen_text, seen_images = set(), set()
         for page in range(64):  # the table paginates by the height it has
-            wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, thumbs))
-            wait.until(lambda d: all(i.get_attribute("naturalWidth") not in (None, "0")
-                                     for i in d.find_elements(By.CSS_SELECTOR, thumbs)))
-            seen_images |= {i.get_attribute("src") for i in driver.find_elements(By.CSS_SELECTOR, thumbs)}
+            seen_images |= settled_thumbnails(driver, wait, thumbs)
             body = driver.find_element(By.TAG_NAME, "body").text
             seen_text |= {c for c in captions if c in body}
             if page == 0:
