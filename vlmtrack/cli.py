@@ -92,7 +92,7 @@ def _sweep(args) -> None:
         exp_id = parent.experiment_id
         run_sweep(cfg, parent, lambda name, parent_id: MlflowTracker(run_name=name, parent_run_id=parent_id,
                                                                      experiment_id=exp_id),
-                  load_tokenizer(cfg.model.llm))
+                  load_tokenizer(cfg.model.llm, cfg.model.trust_remote_code))
 
 
 def _bench(args) -> None:

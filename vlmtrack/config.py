@@ -44,6 +44,7 @@ class ModelConfig:
     resampler_heads: int = 8
     resampler_ffn_mult: int = 4
     vision_ln: bool = False
+    trust_remote_code: bool = False  # run a hub repo's own Python code: only for repos you trust
 
 
 @dataclass

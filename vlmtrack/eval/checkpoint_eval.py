@@ -53,7 +53,7 @@ def load_checkpoint(uri: str, overrides: list[str] = ()) -> LoadedCheckpoint:
     cfg = load_config(config_path, overrides)
     weights, meta = load_connector_weights(folder)
     device, dtype = device_and_dtype(cfg)
-    backbone = load_backbone(meta["llm"], meta["vision"], dtype).to(device)
+    backbone = load_backbone(meta["llm"], meta["vision"], dtype, cfg.model.trust_remote_code).to(device)
     connector = Connector(**meta["connector"]).to(device)
     connector.load_state_dict(weights)
     data = prepare_data(cfg, backbone.tokenizer, cfg.output_dir)

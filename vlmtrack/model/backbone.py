@@ -106,20 +106,22 @@ class Backbone:
         return sums.view(k, b)
 
 
-def load_tokenizer(llm_path: str):
+def load_tokenizer(llm_path: str, trust_remote_code: bool = False):
     """The LLM's tokenizer with vlmtrack's `<image>` placeholder added."""
-    tokenizer = _from_pretrained(AutoTokenizer, llm_path, "tokenizer")
+    tokenizer = _from_pretrained(AutoTokenizer, llm_path, "tokenizer", trust_remote_code=trust_remote_code)
     add_image_token(tokenizer)
     return tokenizer
 
 
-def load_backbone(llm_path: str, vision_path: str, dtype: torch.dtype = torch.float32) -> Backbone:
-    tokenizer = load_tokenizer(llm_path)
+def load_backbone(llm_path: str, vision_path: str, dtype: torch.dtype = torch.float32,
+                  trust_remote_code: bool = False) -> Backbone:
+    tokenizer = load_tokenizer(llm_path, trust_remote_code)
     image_token_id = add_image_token(tokenizer)
-    llm = _from_pretrained(AutoModelForCausalLM, llm_path, "LLM", dtype=dtype)
-    tower = _from_pretrained(AutoModel, vision_path, "vision tower", dtype=dtype)
+    remote = {"trust_remote_code": trust_remote_code}
+    llm = _from_pretrained(AutoModelForCausalLM, llm_path, "LLM", dtype=dtype, **remote)
+    tower = _from_pretrained(AutoModel, vision_path, "vision tower", dtype=dtype, **remote)
     tower = getattr(tower, "vision_model", tower)  # SiglipModel / CLIPModel -> their vision tower
-    image_processor = _from_pretrained(AutoImageProcessor, vision_path, "image processor")
+    image_processor = _from_pretrained(AutoImageProcessor, vision_path, "image processor", **remote)
     for module in (llm, tower):
         module.eval()
         module.requires_grad_(False)

@@ -82,7 +82,8 @@ def train_trials(trials: list[Trial], log=print) -> list[dict]:
         check_writable(trial.out_dir)
     device, dtype = device_and_dtype(base)
     torch.manual_seed(t.seed)
-    backbone = load_backbone(base.model.llm, base.model.vision, dtype).to(device)  # frozen: stored in the compute dtype
+    # frozen towers are stored in the compute dtype
+    backbone = load_backbone(base.model.llm, base.model.vision, dtype, base.model.trust_remote_code).to(device)
     data = prepare_data(base, backbone.tokenizer, trials[0].out_dir)
     for trial in trials:
         if trial.expected_hashes and trial.expected_hashes != (data.split.eval_hash, data.golden_hash):
