@@ -1,49 +1,24 @@
 """A real `mlflow server` on 127.0.0.1: a short training logs to it over HTTP and MlflowClient reads it back."""
 import json
 import os
-import socket
 import subprocess
 import sys
-import time
-import urllib.request
 
 import pytest
 from mlflow import MlflowClient
 
+from tests.helpers.servers import mlflow_server
 from tests.helpers.tiny_models import tiny_config
 from vlmtrack.config import dump_yaml
 
 pytestmark = pytest.mark.slow
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture
 def server(tmp_path):
-    port = free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
-         "--backend-store-uri", f"sqlite:///{tmp_path}/server.db", "--artifacts-destination", str(tmp_path / "art"),
-         "--workers", "1"],
-        stdout=open(tmp_path / "server.log", "w"), stderr=subprocess.STDOUT, start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        for _ in range(120):
-            try:
-                if urllib.request.urlopen(f"{url}/health", timeout=1).status == 200:
-                    break
-            except OSError:
-                time.sleep(0.5)
-        else:
-            raise RuntimeError("mlflow server did not start:\n" + (tmp_path / "server.log").read_text()[-2000:])
+    with mlflow_server(f"sqlite:///{tmp_path}/server.db", tmp_path / "server.log",
+                       "--artifacts-destination", str(tmp_path / "art")) as url:
         yield url
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
 
 
 def test_training_logs_to_a_tracking_server_over_http(server, tiny_paths, tmp_path):
