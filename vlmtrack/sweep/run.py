@@ -7,7 +7,6 @@ import traceback
 from typing import Callable
 
 import optuna
-from optuna.trial import TrialState
 
 from vlmtrack.config import Config
 from vlmtrack.data.pipeline import prepare_data
