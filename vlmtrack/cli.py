@@ -1,21 +1,26 @@
-"""Thin command line: parses arguments and calls the factories in order; holds no logic.
-
-    vlmtrack train   [--config FILE] [section.key=value ...]   one training run, tracked in MLflow
-    vlmtrack sweep   [--config FILE] [section.key=value ...]   the LR x vision_ln sweep (Optuna + nested runs)
-    vlmtrack ablate  CHECKPOINT [section.key=value ...]         vision ablations on a saved connector
-    vlmtrack golden  CHECKPOINT [section.key=value ...]         golden captions from a saved connector
-    vlmtrack bench   [--preset small|large] ...                 training throughput on reference shapes
-    vlmtrack build-demo                                         build the embedded demo assets
-"""
+"""Thin command line: parses arguments and calls the factories in order; holds no logic."""
 from __future__ import annotations
 
 import argparse
 import shlex
 import sys
+import traceback
 
 from vlmtrack.config import ConfigError, load_config
-from vlmtrack.data.llava import DataError
-from vlmtrack.model.backbone import ModelLoadError
+
+DESCRIPTION = """Train and judge the connector of a vision-language model (stage-1 alignment), tracked in MLflow.
+
+    vlmtrack train   [--config FILE] [section.key=value ...]   one training run, tracked in MLflow
+    vlmtrack sweep   [--config FILE] [section.key=value ...]   the LR x vision_ln sweep (Optuna + nested runs)
+    vlmtrack ablate  CHECKPOINT [section.key=value ...]         vision ablations on a saved connector
+    vlmtrack golden  CHECKPOINT [section.key=value ...]         golden captions from a saved connector
+    vlmtrack report  [RUN_ID] [--experiment NAME]               eval loss, golden items, sweep table from MLflow
+    vlmtrack bench   [--preset small|large] ...                 training throughput on reference shapes
+    vlmtrack build-demo                                         build the embedded demo assets
+
+An error prints one line (vlmtrack: error: ...), exit 1, or 2 for a bad command line or config;
+`vlmtrack --debug COMMAND ...` prints the full traceback instead. Ctrl-C exits 130.
+"""
 
 
 def _overrides(args) -> list[str]:
@@ -116,50 +121,112 @@ def _build_demo(args) -> None:
     print(f"data:   {assets.data_path}\nimages: {assets.image_folder}\nllm:    {assets.llm}\nvision: {assets.vision}")
 
 
+def _report(args) -> None:
+    from vlmtrack.tracking.report import build_report, log_report
+
+    report = build_report(args.run_id or None, args.experiment or None, args.sweep or None,
+                          with_sweep=not args.no_sweep, items=args.items)
+    print(report.text, end="")
+    if not args.no_track:
+        print(f"[report] {log_report(report)} logged on run {report.run_id}")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="vlmtrack", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = p.add_subparsers(dest="command", required=True)
-    train = sub.add_parser("train", help="one training run, tracked in MLflow")
+    p = argparse.ArgumentParser(prog="vlmtrack", description=DESCRIPTION,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--version", action="version", version=f"%(prog)s {_version()}", help="print the version and exit")
+    # also accepted after the command (`vlmtrack train --debug`); SUPPRESS keeps a subcommand from
+    # resetting the flag given before it
+    debug = argparse.ArgumentParser(add_help=False)
+    debug.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                       help="on an error, print the full traceback instead of one line")
+    p.add_argument("--debug", action="store_true", help="on an error, print the full traceback instead of one line")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND",
+                         help="one of these; `vlmtrack COMMAND --help` lists its options")
+    train = sub.add_parser("train", parents=[debug], help="one training run, tracked in MLflow")
     train.add_argument("--config", default=None, help="YAML config (default: the embedded demo)")
     train.set_defaults(func=_train)
-    sweep = sub.add_parser("sweep", help="the LR x vision_ln grid as an Optuna study of nested MLflow runs")
+    sweep = sub.add_parser("sweep", parents=[debug],
+                           help="the LR x vision_ln grid as an Optuna study of nested MLflow runs")
     sweep.add_argument("--config", default=None, help="YAML config with a sweep section (default: the demo)")
     sweep.set_defaults(func=_sweep)
     for name, func, text in [("ablate", _ablate, "vision ablations on a saved connector checkpoint"),
                              ("golden", _golden, "golden-set captions from a saved connector checkpoint")]:
-        cmd = sub.add_parser(name, help=text)
+        cmd = sub.add_parser(name, parents=[debug], help=text)
         cmd.add_argument("checkpoint", help="checkpoints/step_N folder or runs:/<run_id>/checkpoints/step_N")
         cmd.add_argument("--no-track", action="store_true", help="print only, log nothing to MLflow")
         cmd.set_defaults(func=func)
     for cmd in (train, sweep, *[sub.choices[n] for n in ("ablate", "golden")]):
         cmd.add_argument("--experiment", default=None, help="MLflow experiment (default: vlmtrack)")
         cmd.add_argument("overrides", nargs="*", help="section.key=value, e.g. train.lr=2e-4 model.vision_ln=true")
-    bench = sub.add_parser("bench", help="training throughput on reference shapes (prints a table)")
-    bench.add_argument("--preset", default="small", choices=["small", "large", "tiny"])
-    bench.add_argument("--images", type=int, default=5000)
-    bench.add_argument("--batch", type=int, default=128)
-    bench.add_argument("--steps", type=int, default=40)
-    bench.add_argument("--sweep-steps", type=int, default=200)
-    bench.add_argument("--workers", type=int, default=12)
-    bench.add_argument("--experiment", default=None)
-    bench.add_argument("--no-track", action="store_true")
+    report = sub.add_parser("report", parents=[debug],
+                            help="a run's eval loss by bucket, golden items and the sweep table, from MLflow alone")
+    report.add_argument("run_id", nargs="?", default=None,
+                        help="the run to report on (a sweep run reports on its winner); default: the latest "
+                             "finished top-level training run of --experiment")
+    report.add_argument("--experiment", default=None,
+                        help="where to find the latest training run (default: vlmtrack, or MLFLOW_EXPERIMENT_NAME)")
+    report.add_argument("--sweep", default=None, help="the sweep's parent run id (default: the run's own sweep, "
+                                                      "else the experiment's latest finished sweep)")
+    report.add_argument("--no-sweep", action="store_true", help="leave the sweep table out")
+    report.add_argument("--items", type=int, default=10, help="how many golden items to show (default: 10)")
+    report.add_argument("--no-track", action="store_true", help="print only, do not log report.md on the run")
+    report.set_defaults(func=_report)
+    bench = sub.add_parser("bench", parents=[debug], help="training throughput on reference shapes (prints a table)")
+    bench.add_argument("--preset", default="small", choices=["small", "large", "tiny"],
+                       help="model shapes: small (Qwen3-0.6B + SigLIP-base), large (Qwen3-1.7B + "
+                            "SigLIP-so400m), tiny (tests)")
+    bench.add_argument("--images", type=int, default=5000, help="synthetic JPEGs written to disk and trained on")
+    bench.add_argument("--batch", type=int, default=128, help="micro-batch of the large-batch regime")
+    bench.add_argument("--steps", type=int, default=40, help="training steps of the large-batch regime")
+    bench.add_argument("--sweep-steps", type=int, default=200,
+                       help="steps per trial of the six-trial sweep, timed side by side and one by one")
+    bench.add_argument("--workers", type=int, default=12, help="data-loader worker processes")
+    bench.add_argument("--experiment", default=None, help="MLflow experiment (default: vlmtrack-bench)")
+    bench.add_argument("--no-track", action="store_true", help="print only, log nothing to MLflow")
     bench.set_defaults(func=_bench)
-    demo = sub.add_parser("build-demo", help="build (once) the embedded demo dataset and model bundle")
+    demo = sub.add_parser("build-demo", parents=[debug],
+                          help="build (once) the embedded demo dataset and model bundle")
     demo.set_defaults(func=_build_demo)
     return p
+
+
+def _version() -> str:
+    from vlmtrack import __version__
+
+    return __version__
+
+
+USAGE_ERRORS = (ConfigError,)  # a bad config or override: exit 2, as argparse does for a bad command line
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         args.func(args)
-    except (ConfigError, DataError, ModelLoadError) as e:
-        print(f"vlmtrack: error: {e}", file=sys.stderr)
-        return 2
     except KeyboardInterrupt:
-        print("vlmtrack: interrupted; the run is marked KILLED, checkpoints written so far are kept", file=sys.stderr)
+        if args.debug:
+            traceback.print_exc()
+        print("vlmtrack: interrupted; a tracked run is marked KILLED, checkpoints written so far are kept",
+              file=sys.stderr)
         return 130
+    except Exception as e:  # noqa: BLE001 - every error ends as one line (or a traceback with --debug)
+        if args.debug:
+            traceback.print_exc()
+        else:
+            print(f"vlmtrack: error: {_one_line(e)}", file=sys.stderr)
+        return 2 if isinstance(e, USAGE_ERRORS) else 1
     return 0
+
+
+def _one_line(e: Exception) -> str:
+    """vlmtrack's own errors (ConfigError, DataError, ModelLoadError, ReportError, ...) are written to be
+    read as they are, some listing every bad item one per line; anything else is its type and first line,
+    with where to look for more. Told apart by module, so that `--help` need not import torch."""
+    if type(e).__module__.startswith("vlmtrack."):
+        return str(e)
+    first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+    return f"{type(e).__name__}: {first} (vlmtrack --debug ... shows the traceback)"
 
 
 if __name__ == "__main__":

@@ -52,6 +52,9 @@ def test_sweep_runs_each_grid_point_once_and_summarises(tiny_paths, tmp_path):
         assert any(e["kind"] == "tags" and e["tags"].get("optuna_trial_number") == t.number for e in child.events)
     tables = [e["artifact_file"] for e in parent.events if e["kind"] == "table"]
     assert tables == ["sweep/summary.json", "sweep/golden_side_by_side.json"]
+    figures = [e["artifact_file"] for e in parent.events if e["kind"] == "figure"]
+    assert figures == ["sweep/scores.png", "sweep/optuna/optimization_history.png", "sweep/optuna/slice.png",
+                       "sweep/optuna/contour_lr_vision_ln.png"]  # Optuna's own plots once the grid is done
     winner = min(done, key=lambda t: t.value)
     wc = yaml.safe_load((tmp_path / "sweep" / "winner_config.yaml").read_text())
     assert wc["train"]["lr"] == winner.params["lr"] and wc["model"]["vision_ln"] == winner.params["vision_ln"]

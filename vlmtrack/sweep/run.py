@@ -13,6 +13,7 @@ from vlmtrack.data.pipeline import prepare_data
 from vlmtrack.sweep import study as S
 from vlmtrack.sweep.groups import choose_group_size
 from vlmtrack.sweep.summary import write_summary
+from vlmtrack.tracking.optuna_plots import log_study_plots
 from vlmtrack.train.loop import Trial, train_trials
 
 TrialRunner = Callable[..., list[dict]]
@@ -96,6 +97,7 @@ def run_sweep(cfg: Config, parent, make_tracker, tokenizer_for_hashes, log=print
             tr.tracker.finish("FINISHED")
     if S.grid_complete(study, cfg):
         write_summary(study, cfg, parent, log)
+        log_study_plots(study, parent)
     else:
         log("[sweep] some grid points failed: re-run the sweep to retry them")
     return study

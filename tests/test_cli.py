@@ -1,0 +1,133 @@
+"""The command line: complete help, one-line errors with their exit codes, --debug tracebacks, Ctrl-C,
+and every MLproject entry point a command line that vlmtrack accepts."""
+import argparse
+import os
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import mlflow
+import pytest
+
+from vlmtrack import cli
+
+REPO = Path(__file__).resolve().parents[1]
+COMMANDS = {"train", "sweep", "ablate", "golden", "report", "bench", "build-demo"}
+
+
+def subparsers(parser):
+    (action,) = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    return action
+
+
+def test_every_argument_of_every_command_has_help():
+    parser = cli.build_parser()
+    sub = subparsers(parser)
+    assert set(sub.choices) == COMMANDS
+    assert {a.dest for a in sub._choices_actions} == COMMANDS and all(a.help for a in sub._choices_actions)
+    for name, p in [("vlmtrack", parser), *sub.choices.items()]:
+        for action in p._actions:
+            assert action.help and action.help != argparse.SUPPRESS, (name, action.dest)
+
+
+def test_top_level_help_lists_every_command(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(["--help"])
+    assert exit_.value.code == 0
+    out = capsys.readouterr().out
+    for name in COMMANDS:
+        assert f"vlmtrack {name}" in out and f"\n    {name}" in out, name
+    assert "--debug" in out and "--version" in out
+
+
+def test_bad_command_line_is_a_usage_error(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(["nosuch"])
+    assert exit_.value.code == 2
+    assert capsys.readouterr().err.splitlines()[-1].startswith("vlmtrack: error: argument COMMAND: invalid choice")
+
+
+def test_bad_config_key_is_one_line_and_exit_2(capsys):
+    assert cli.main(["train", "train.lrr=1"]) == 2
+    assert capsys.readouterr().err.splitlines() == [
+        "vlmtrack: error: unknown config key 'train.lrr'; did you mean 'train.lr'?"]
+
+
+def test_any_other_error_is_one_line_and_exit_1(capsys):
+    assert cli.main(["golden", "/no/such/checkpoint", "--no-track"]) == 1
+    assert capsys.readouterr().err.splitlines() == [
+        "vlmtrack: error: FileNotFoundError: '/no/such/checkpoint' is not a connector checkpoint folder "
+        "(no connector.safetensors) (vlmtrack --debug ... shows the traceback)"]
+
+
+@pytest.mark.parametrize("argv", [["--debug", "golden", "/no/such/checkpoint", "--no-track"],
+                                  ["golden", "/no/such/checkpoint", "--no-track", "--debug"]])
+def test_debug_shows_the_traceback_before_or_after_the_command(argv, capsys):
+    assert cli.main(argv) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("Traceback (most recent call last):")
+    assert "in fetch" in err
+    assert err.rstrip().endswith("is not a connector checkpoint folder (no connector.safetensors)")
+    assert "vlmtrack: error" not in err
+
+
+def test_ctrl_c_exits_130_with_one_line(monkeypatch, capsys):
+    def interrupted(args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "_build_demo", interrupted)
+    assert cli.main(["build-demo"]) == 130
+    (line,) = capsys.readouterr().err.splitlines()
+    assert line.startswith("vlmtrack: interrupted")
+
+
+@pytest.fixture
+def empty_store(tmp_path, monkeypatch, capsys):
+    """A store that exists (a fresh one makes MLflow log its table creation on stderr first)."""
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    for var in ("MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_NAME", "MLFLOW_EXPERIMENT_ID"):
+        monkeypatch.delenv(var, raising=False)
+    mlflow.set_tracking_uri(uri)
+    mlflow.MlflowClient(uri).search_experiments()
+    capsys.readouterr()
+    return uri
+
+
+def test_report_on_a_missing_run_or_experiment_is_one_line(empty_store, capsys):
+    assert cli.main(["report", "0123abc"]) == 1
+    assert capsys.readouterr().err.splitlines() == [
+        f"vlmtrack: error: no run '0123abc' in the tracking store {empty_store} (MLFLOW_TRACKING_URI picks the store)"]
+    assert cli.main(["report", "--experiment", "nope"]) == 1
+    assert capsys.readouterr().err.splitlines() == [
+        f"vlmtrack: error: no experiment 'nope' in the tracking store {empty_store} "
+        "(--experiment names it; MLFLOW_TRACKING_URI picks the store)"]
+
+
+def test_the_installed_command_exits_1_with_one_line(empty_store):
+    """The real process: exit status and stderr as a shell sees them."""
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    done = subprocess.run([sys.executable, "-m", "vlmtrack.cli", "report", "--experiment", "nope"],
+                          env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 1 and done.stdout == ""
+    assert done.stderr.splitlines() == [
+        f"vlmtrack: error: no experiment 'nope' in the tracking store {empty_store} "
+        "(--experiment names it; MLFLOW_TRACKING_URI picks the store)"]
+
+
+def test_every_mlproject_entry_point_is_a_valid_command_line():
+    from mlflow.projects._project_spec import load_project
+
+    project = load_project(str(REPO))
+    assert {"p11", "sweep", "ablate", "golden", "build_demo", "report", "bench"} <= set(project._entry_points)
+    parser = cli.build_parser()
+    for name, entry in project._entry_points.items():
+        required = {k: "outputs/demo/checkpoints/step_1" for k, p in entry.parameters.items() if p.default is None}
+        words = shlex.split(entry.compute_command(required, storage_dir=str(REPO)))
+        assert words[:3] == ["python", "-m", "vlmtrack.cli"], name
+        args = parser.parse_args(words[3:])  # exits on an unknown command or option
+        assert args.command == {"p11": "train", "build_demo": "build-demo"}.get(name, name)
+    report = parser.parse_args(shlex.split(project.get_entry_point("report").compute_command(
+        {"run_id": "abc"}, storage_dir=str(REPO)))[3:])
+    assert (report.run_id, report.sweep) == ("abc", "")  # "" = not given: cli passes `or None` on
