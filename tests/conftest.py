@@ -10,6 +10,14 @@ from tests.helpers.tiny_models import build_tiny
 REPO = Path(__file__).resolve().parents[1]
 
 
+@pytest.fixture(scope="session", autouse=True)
+def feature_cache_in_tmp(tmp_path_factory):
+    """The vision-feature cache of every test run (and of the processes they start) in a temporary folder."""
+    os.environ["VLMTRACK_CACHE"] = str(tmp_path_factory.mktemp("vlmtrack-cache"))
+    yield
+    os.environ.pop("VLMTRACK_CACHE", None)
+
+
 @pytest.fixture(scope="session")
 def tiny_paths(tmp_path_factory):
     """Random-weight tiny bundle + 160-sample dataset, built once per test session."""

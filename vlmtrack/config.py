@@ -31,7 +31,11 @@ class DataConfig:
     golden_seed: int = 123
     golden_set_path: str = ""  # "" = data/golden/<dataset>_golden<size>.jsonl
     max_seq_len: int = 512
-    num_workers: int = 0
+    num_workers: int = -1  # DataLoader workers; -1 = sized to the machine (CPU cores - 1, at most 12)
+    feature_cache: str = "auto"  # on | off | auto: cache the frozen tower's features when they fit the cap
+    feature_cache_dir: str = ""  # "" = $VLMTRACK_CACHE/features (default ~/.cache/vlmtrack/features)
+    feature_cache_max_gib: float = 20.0  # auto builds the cache only below this estimated size
+    group_by_length: bool = False  # batches of similar length (less padding); changes the spec's order
     on_bad_image: str = "skip"  # skip | fail: a train image that cannot be decoded during training
 
 
@@ -73,6 +77,7 @@ class TrainConfig:
     tqdm_disable: bool = True
     log_every: int = 10
     resume_from: str = ""
+    kernels: str = "auto"  # auto (liger-kernel on CUDA when installed) | liger | torch
 
 
 @dataclass
@@ -242,6 +247,10 @@ def validate(cfg: Config) -> None:
         )
     if d.on_bad_image not in ("skip", "fail"):
         problems.append(f"data.on_bad_image must be skip or fail, got '{d.on_bad_image}'")
+    if d.feature_cache not in ("auto", "on", "off"):
+        problems.append(f"data.feature_cache must be auto, on or off, got '{d.feature_cache}'")
+    if t.kernels not in ("auto", "liger", "torch"):
+        problems.append(f"train.kernels must be auto, liger or torch, got '{t.kernels}'")
     if d.split_mode not in ("stratified_len", "random"):
         problems.append(f"data.split_mode must be stratified_len or random, got '{d.split_mode}'")
     for name, v in [("data.eval_size", d.eval_size), ("data.max_seq_len", d.max_seq_len),

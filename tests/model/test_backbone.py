@@ -24,7 +24,7 @@ def test_loss_at_label_positions_equals_full_logits_recomputation(tiny_paths):
     torch.manual_seed(0)
     conn = Connector(bb.vision_dim, bb.llm_dim, 4, 1, 2)
     visual = conn(bb.vision_features(batch.pixel_values))
-    sums = bb.token_losses(batch.input_ids, batch.attention_mask, batch.labels, visual.unsqueeze(0))[0]
+    sums = bb.token_losses(batch.input_ids, batch.labels, visual.unsqueeze(0))[0]
     # independent: full-vocabulary logits over the whole sequence, then mask
     logits = bb.llm(inputs_embeds=bb.embed(batch.input_ids, visual), attention_mask=batch.attention_mask).logits
     ce = torch.nn.functional.cross_entropy(logits[:, :-1].transpose(1, 2), batch.labels[:, 1:],
@@ -42,10 +42,10 @@ def test_stacked_connectors_equal_separate_passes(tiny_paths):
     batch = tiny_batch(bb, ["a red circle", "a small blue square at the left of a pink background"])
     feats = bb.vision_features(batch.pixel_values)
     conns = [Connector(bb.vision_dim, bb.llm_dim, 4, 1, 2, vision_ln=ln) for ln in (False, True)]
-    stacked = bb.token_losses(batch.input_ids, batch.attention_mask, batch.labels,
+    stacked = bb.token_losses(batch.input_ids, batch.labels,
                               torch.stack([c(feats) for c in conns]))
     for k, c in enumerate(conns):
-        alone = bb.token_losses(batch.input_ids, batch.attention_mask, batch.labels, c(feats).unsqueeze(0))[0]
+        alone = bb.token_losses(batch.input_ids, batch.labels, c(feats).unsqueeze(0))[0]
         assert torch.allclose(stacked[k], alone, atol=1e-5)
 
 

@@ -88,29 +88,33 @@ def flops_per_sample(preset: dict, seq: int = 99, label_tokens: int = 13) -> flo
 
 
 def bench_config(paths: dict, data: Path, out: Path, batch: int, steps: int, accum: int = 1,
-                 workers: int = 12) -> Config:
+                 workers: int = 12, kernels: str = "torch", cache: str = "off", golden_batch: int = 8) -> Config:
     cfg = Config()
     cfg.data.eval_size = min(2000, len(json.loads(data.read_text())) // 2)
     if cfg.data.eval_size < 200:  # the CPU test's tiny data
         cfg.data.golden_size, cfg.data.golden_counts = 6, [2, 2, 2]
     cfg.data.data_path, cfg.data.image_folder = str(data), str(data.parent / "images")
     cfg.data.golden_set_path = str(out / "golden.jsonl")
-    cfg.data.num_workers = workers
+    cfg.data.num_workers, cfg.data.feature_cache = workers, cache
+    cfg.data.feature_cache_dir = str(data.parent / "feature_cache")
     cfg.model.llm, cfg.model.vision = str(paths["llm"]), str(paths["vision"])
     t = cfg.train
     t.output_dir, t.batch_size, t.gradient_accum, t.train_steps = str(out), batch, accum, steps
-    t.save_every, t.quick_eval_steps, t.run_golden_every, t.full_eval_every = 10**9, 0, "never", "never"
-    t.log_every = max(accum, 10)
+    t.save_every, t.quick_eval_steps, t.run_golden_every, t.full_eval_every = 10**9, 0, "end", "never"
+    t.log_every, t.kernels = max(accum, 10), kernels
     cfg.eval.run_ablations = False
-    cfg.eval.batch_size = 128
+    cfg.eval.batch_size, cfg.eval.golden_batch_size = 256, golden_batch
     return cfg
 
 
-def loop_throughput(cfg: Config, skip: int, log) -> dict:
-    tracker = JsonlTracker()
+def loop_throughput(cfg: Config, skip: int, log, tracker=None) -> dict:
+    """One run through vlmtrack's loop; step statistics skip the first `skip` steps (warm-up). The
+    full eval (all eval samples) and the golden dump run once, at the end."""
+    tracker = tracker or JsonlTracker()
     torch.cuda.reset_peak_memory_stats() if torch.cuda.is_available() else None
     t0 = time.perf_counter()
     result = train_trials([Trial(cfg, tracker)], log)[0]
+    tracker.finish("FINISHED")
     wall = time.perf_counter() - t0
     timing = torch.load(Path(cfg.train.output_dir) / "checkpoints" / f"step_{result['step']}" / "trainer_state.pt",
                         weights_only=True)["timing"]
@@ -121,8 +125,10 @@ def loop_throughput(cfg: Config, skip: int, log) -> dict:
         "samples_per_s": per_step * len(steps) / sum(steps),
         "step_p50_s": statistics.median(steps), "step_p90_s": sorted(steps)[int(0.9 * (len(steps) - 1))],
         "data_wait_share": sum(waits) / sum(steps), "wall_s": wall,
-        "peak_mem_gib": torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else 0.0,
-        "full_eval_s": (timing["full_eval_s"] or [float("nan")])[-1], "golden_s": (timing["golden_s"] or [float("nan")])[-1],
+        "peak_mem_gib": torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else float("nan"),
+        # the golden dump follows the last save, so its time is in metrics.json, not the checkpoint
+        "full_eval_s": result["budget"].get("full_eval_time_s", float("nan")),
+        "golden_s": result["budget"].get("golden_time_s", float("nan")),
     }
 
 
@@ -161,8 +167,9 @@ def hf_style_baseline(cfg: Config, steps: int, log) -> dict:
             "step_p90_s": sorted(times)[int(0.9 * (len(times) - 1))]}
 
 
-def sweep_time(cfg: Config, steps: int, side_by_side: bool, log) -> float:
-    """Wall time of six trials (2x3 grid) for `steps` steps of 4 samples, eval at the middle and end."""
+def sweep_time(cfg: Config, steps: int, side_by_side: bool, log) -> tuple[float, float]:
+    """Wall time of the spec's six trials (2x3 grid) for `steps` steps of 4 samples, eval at the middle
+    and the end, ablations on 256, golden-64 at the end; and the mean step time of the trials."""
     trials = []
     for lr in (5e-5, 1e-4, 2e-4):
         for ln in (False, True):
@@ -174,16 +181,21 @@ def sweep_time(cfg: Config, steps: int, side_by_side: bool, log) -> float:
             tc.train.eval_at_steps, tc.eval.run_ablations, tc.train.run_golden_every = [steps // 2], True, "end"
             trials.append(Trial(tc, JsonlTracker()))
     t0 = time.perf_counter()
-    if side_by_side:
-        train_trials(trials, log)
-    else:
-        for tr in trials:
-            train_trials([tr], log)
-    return time.perf_counter() - t0
+    groups = [trials] if side_by_side else [[tr] for tr in trials]
+    step_s = []
+    for group in groups:
+        train_trials(group, log)
+        state = Path(group[0].out_dir) / "checkpoints" / f"step_{steps}" / "trainer_state.pt"
+        times = torch.load(state, weights_only=True)["timing"]["step_s"]
+        step_s += times[min(5, len(times) // 2):]  # past the warm-up
+    return time.perf_counter() - t0, statistics.mean(step_s)
 
 
-def main(preset: str = "small", images: int = 5000, batch: int = 128, steps: int = 40, sweep_steps: int = 200,
-         workers: int = 12, log=print):
+def main(preset: str = "small", images: int = 5000, batch: int = 128, steps: int = 40, sweep_steps: int = 2000,
+         workers: int = 12, log=print, one_by_one_steps: int = 200, parts: str = "baseline,loop,sweep"):
+    """`parts` (comma-separated) picks what runs: baseline (HF-style, spec, torch kernels), loop (fused
+    kernels, feature cache, MLflow tracking), sweep (the six trials side by side and one by one)."""
+    parts = set(parts.split(","))
     root = Path(tempfile.mkdtemp(prefix="vlmtrack-bench-"))
     t0 = time.perf_counter()
     paths = build_preset(preset, root / "model", log)
@@ -199,35 +211,64 @@ def main(preset: str = "small", images: int = 5000, batch: int = 128, steps: int
         rows.append({"regime": name, **r, "model_tflops": tflops, "mfu": tflops / peak})
         log(f"[bench] {name}: {r['samples_per_s']:.0f} samples/s")
 
-    add("HF-style: batch 4, full-vocab logits, .item() per step", hf_style_baseline(
-        bench_config(paths, data, root / "hf", 4, 0, workers=workers), 60, log))
-    add("vlmtrack: batch 4 x accum 4 (spec)", loop_throughput(
-        bench_config(paths, data, root / "spec", 4, 160, accum=4, workers=workers), 10, log))
-    big = bench_config(paths, data, root / "big", batch, steps, workers=workers)
-    big.train.full_eval_every, big.train.run_golden_every = "never", "end"
-    add(f"vlmtrack: batch {batch}, logits at label positions", loop_throughput(big, 5, log))
-    sweep_cfg = bench_config(paths, data, root / "sweep", 4, sweep_steps, workers=workers)
-    sweep_cfg.data.max_samples = 5000 if images > 5000 else 0
-    side = sweep_time(sweep_cfg, sweep_steps, True, log)
-    alone = sweep_time(copy.deepcopy(sweep_cfg), sweep_steps, False, log)
-    print_table(rows, device, preset, batch, fps, side, alone, sweep_steps)
-    return rows, {"sweep_side_by_side_s": side, "sweep_one_by_one_s": alone, "gflop_per_sample": fps / 1e9,
-                  "device": device}
+    def cfg(name, b, n, **kw):
+        return bench_config(paths, data, root / name, b, n, workers=workers, **kw)
+
+    fused = "auto"  # liger-kernel on CUDA when installed; plain PyTorch elsewhere (the CPU test)
+    if "baseline" in parts:
+        add("HF-style: batch 4, full-vocab logits, .item() per step", hf_style_baseline(cfg("hf", 4, 0), 60, log))
+        add("vlmtrack: batch 4 x accum 4 (spec), torch kernels, live tower",
+            loop_throughput(cfg("spec", 4, 160, accum=4), 10, log))
+        add(f"vlmtrack: batch {batch}, torch kernels, live tower", loop_throughput(cfg("torch", batch, steps), 5, log))
+    if "loop" in parts:
+        add(f"vlmtrack: batch {batch}, fused kernels, live tower",
+            loop_throughput(cfg("fused", batch, steps, kernels=fused, golden_batch=64), 5, log))
+        t1 = time.perf_counter()
+        add(f"vlmtrack: batch {batch}, fused kernels, feature cache",
+            loop_throughput(cfg("cached", batch, steps, kernels=fused, cache="on", golden_batch=64), 5, log))
+        rows[-1]["wall_s_with_cache_build"] = time.perf_counter() - t1
+        add(f"vlmtrack: batch {batch}, fused kernels, feature cache, MLflow tracking",
+            loop_throughput(cfg("tracked", batch, steps, kernels=fused, cache="on", golden_batch=64), 5, log,
+                            tracker=_mlflow_tracker(root)))
+    summary = {"gflop_per_sample": fps / 1e9, "device": device}
+    if sweep_steps and "sweep" in parts:
+        sweep_cfg = cfg("sweep", 4, sweep_steps, kernels=fused, cache="on", golden_batch=64)
+        sweep_cfg.data.max_samples = 5000 if images > 5000 else 0
+        side, _ = sweep_time(sweep_cfg, sweep_steps, True, log)
+        n = min(one_by_one_steps, sweep_steps)
+        alone, alone_step = sweep_time(copy.deepcopy(sweep_cfg), n, False, log)
+        summary.update(sweep_steps=sweep_steps, sweep_side_by_side_s=side, sweep_one_by_one_steps=n,
+                       sweep_one_by_one_s=alone + 6 * (sweep_steps - n) * alone_step)
+    print_table(rows, device, preset, batch, fps, summary)
+    return rows, summary
 
 
-def print_table(rows, device, preset, batch, fps, side, alone, sweep_steps) -> None:
+def _mlflow_tracker(root: Path):
+    from vlmtrack.tracking.mlflow_tracker import MlflowTracker
+
+    return MlflowTracker(experiment="bench", run_name="tracked", tracking_uri=f"sqlite:///{root}/mlflow.db")
+
+
+def print_table(rows, device, preset, batch, fps, summary) -> None:
     print(f"\n## vlmtrack bench: preset {preset} on {device}, torch {torch.__version__}, "
           f"{fps / 1e9:.0f} GFLOP per sample")
-    print("| regime | samples/s | step p50 s | step p90 s | data wait | TFLOP/s | MFU | peak GiB |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("| regime | samples/s | step p50 s | step p90 s | data wait | TFLOP/s | MFU | peak GiB | full eval s | golden-64 s |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['regime']} | {r['samples_per_s']:.0f} | {r['step_p50_s']:.4f} | {r['step_p90_s']:.4f} | "
               f"{r.get('data_wait_share', float('nan')):.1%} | {r['model_tflops']:.1f} | {r['mfu']:.1%} | "
-              f"{r.get('peak_mem_gib', float('nan')):.1f} |")
-    full = [r for r in rows if r.get("golden_s") == r.get("golden_s") and "golden_s" in r]
-    if full:
-        print(f"\ngolden-64 generation: {full[-1]['golden_s']:.2f} s")
-    print(f"\nsix trials x {sweep_steps} steps of 4 (eval mid + end, ablations 256, golden-64 at end): "
-          f"side by side {side:.0f} s, one by one {alone:.0f} s ({alone / side:.1f}x); "
-          f"2,000-step extrapolation: side by side ~{side * 2000 / sweep_steps / 60:.1f} min, "
-          f"one by one ~{alone * 2000 / sweep_steps / 60:.1f} min")
+              f"{r.get('peak_mem_gib', float('nan')):.1f} | {r.get('full_eval_s', float('nan')):.2f} | "
+              f"{r.get('golden_s', float('nan')):.2f} |")
+    if len(rows) >= 2 and "MLflow" in rows[-1]["regime"]:
+        tracked, untracked = rows[-1], rows[-2]
+        print(f"\nMLflow tracking cost: {untracked['step_p50_s']:.4f} s -> {tracked['step_p50_s']:.4f} s per step "
+              f"(p50, {tracked['step_p50_s'] / untracked['step_p50_s'] - 1:+.1%}); mean "
+              f"{untracked['samples_per_s']:.0f} -> {tracked['samples_per_s']:.0f} samples/s")
+        print(f"feature-cache run, wall with the cache build: {untracked['wall_s_with_cache_build']:.0f} s")
+    if "sweep_side_by_side_s" in summary:
+        n, total = summary["sweep_one_by_one_steps"], summary["sweep_steps"]
+        print(f"\nsix trials x {total} steps of 4 (eval at {total // 2} and the end on all eval samples, ablations "
+              f"on 256, golden-64 at the end), start-up included: side by side {summary['sweep_side_by_side_s']:.0f} s; "
+              f"one by one {summary['sweep_one_by_one_s']:.0f} s"
+              + (f" (ran {n} steps per trial, extrapolated to {total} with its mean step time)" if n < total else "")
+              + f" ({summary['sweep_one_by_one_s'] / summary['sweep_side_by_side_s']:.1f}x)")

@@ -16,7 +16,7 @@ class Batch:
     input_ids: torch.Tensor  # [B, T], visual positions hold the image token id
     attention_mask: torch.Tensor  # [B, T]
     labels: torch.Tensor  # [B, T], IGNORE_INDEX outside caption + end-of-turn
-    pixel_values: torch.Tensor  # [B, 3, H, W]
+    pixel_values: torch.Tensor | None  # [B, 3, H, W]; None when the features come from the cache
     bucket: list[str]
     label_len: torch.Tensor  # [B] spec 1.1 caption length
     num_supervised: torch.Tensor  # [B] label tokens after truncation
@@ -24,10 +24,12 @@ class Batch:
     ids: list[str]
     image_relpaths: list[str]
     skipped: list[dict]  # {id, image_relpath, reason} of samples whose image could not be decoded
+    features: torch.Tensor | None = None  # [B, N, D] cached frozen-tower output (bf16)
 
     def to(self, device) -> "Batch":
-        for name in ("input_ids", "attention_mask", "labels", "pixel_values"):
-            setattr(self, name, getattr(self, name).to(device, non_blocking=True))
+        for name in ("input_ids", "attention_mask", "labels", "pixel_values", "features"):
+            if getattr(self, name) is not None:
+                setattr(self, name, getattr(self, name).to(device, non_blocking=True))
         return self
 
     def __len__(self) -> int:
@@ -69,9 +71,9 @@ class CaptionDataset(torch.utils.data.Dataset):
 
     def __init__(self, samples: list[Sample], metas: list[SampleMeta], positions: list[int], tokenizer,
                  image_processor, image_root: Path, image_token_id: int, num_latents: int, max_seq_len: int,
-                 on_bad_image: str = "fail"):
+                 on_bad_image: str = "fail", features=None):
         self.samples, self.metas, self.positions = samples, metas, positions
-        self.on_bad_image = on_bad_image
+        self.on_bad_image, self.features = on_bad_image, features
         self.tokenizer, self.image_processor, self.image_root = tokenizer, image_processor, image_root
         self.image_token_id, self.num_latents, self.max_seq_len = image_token_id, num_latents, max_seq_len
 
@@ -82,18 +84,28 @@ class CaptionDataset(torch.utils.data.Dataset):
         image = load_image(self.image_root, relpath)
         return self.image_processor(images=image, return_tensors="pt")["pixel_values"][0]
 
+    def vision_input(self, relpath: str) -> dict:
+        """Cached features when there is a cache (an image it could not read fails as decoding would)."""
+        if self.features is None:
+            return {"pixel_values": self.pixels(relpath)}
+        features = self.features.get(relpath)
+        if features is None:
+            load_image(self.image_root, relpath)  # raises the reason
+            raise DataError(f"image '{relpath}' is missing from the feature cache {self.features.folder}")
+        return {"features": features}
+
     def __getitem__(self, k: int) -> dict:
         i = self.positions[k]
         s, m = self.samples[i], self.metas[i]
         try:
-            pixels = self.pixels(s.image_relpath)
+            vision = self.vision_input(s.image_relpath)
         except DataError as e:
             if self.on_bad_image == "fail":
                 raise DataError(f"id={s.id}: {e} (data.on_bad_image=skip would skip and list it)") from None
             return {"skipped": {"id": s.id, "image_relpath": s.image_relpath, "reason": str(e)}}
         enc = encode_sample(self.tokenizer, s.human, s.caption, self.image_token_id, self.num_latents, self.max_seq_len)
         return {
-            "input_ids": enc.input_ids, "labels": enc.labels, "pixel_values": pixels,
+            "input_ids": enc.input_ids, "labels": enc.labels, **vision,
             "bucket": m.bucket, "label_len": enc.label_len, "num_supervised": enc.num_supervised,
             "truncated": enc.truncated, "id": s.id, "image_relpath": s.image_relpath,
         }
@@ -116,9 +128,11 @@ def collate(items: list[dict], pad_id: int) -> Batch:
         ids[r, :n] = torch.tensor(it["input_ids"])
         labels[r, :n] = torch.tensor(it["labels"])
         mask[r, :n] = 1
+    cached = "features" in items[0]
     return Batch(
         input_ids=ids, attention_mask=mask, labels=labels,
-        pixel_values=torch.stack([it["pixel_values"] for it in items]),
+        pixel_values=None if cached else torch.stack([it["pixel_values"] for it in items]),
+        features=torch.stack([it["features"] for it in items]) if cached else None,
         bucket=[it["bucket"] for it in items],
         label_len=torch.tensor([it["label_len"] for it in items]),
         num_supervised=torch.tensor([it["num_supervised"] for it in items]),

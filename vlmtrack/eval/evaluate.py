@@ -48,9 +48,16 @@ def autocast(device: torch.device, dtype: torch.dtype):
 def batch_losses(backbone: Backbone, connectors: list, batch: Batch, mode: str = "correct",
                  generator: torch.Generator | None = None) -> torch.Tensor:
     """[K, B] summed token losses of each connector on the batch under a vision mode."""
-    features = ablate(backbone.vision_features(batch.pixel_values), mode, generator)
+    features = ablate(batch_features(backbone, batch), mode, generator)
     visual = torch.stack([c(features) for c in connectors])
-    return backbone.token_losses(batch.input_ids, batch.attention_mask, batch.labels, visual)
+    return backbone.token_losses(batch.input_ids, batch.labels, visual)
+
+
+def batch_features(backbone: Backbone, batch: Batch) -> torch.Tensor:
+    """The frozen tower's output: from the feature cache when the batch carries it, else computed."""
+    if batch.features is not None:
+        return batch.features.to(backbone.llm.dtype)
+    return backbone.vision_features(batch.pixel_values)
 
 
 @torch.no_grad()

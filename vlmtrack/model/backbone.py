@@ -65,6 +65,7 @@ class Backbone:
     image_processor: object
     image_token_id: int
     pad_id: int
+    fused_ce: object = None  # (lm_head weight, hidden, targets) -> per-token loss; None = plain PyTorch
 
     @property
     def llm_dim(self) -> int:
@@ -89,19 +90,25 @@ class Backbone:
         embeds = self.llm.get_input_embeddings()(input_ids.masked_fill(is_image, self.pad_id))
         return embeds.masked_scatter(is_image.unsqueeze(-1), visual.to(embeds.dtype))
 
-    def token_losses(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor,
-                     visual: torch.Tensor) -> torch.Tensor:
+    def token_losses(self, input_ids: torch.Tensor, labels: torch.Tensor, visual: torch.Tensor) -> torch.Tensor:
         """Summed next-token loss per row. visual is [K, B, L, H] (K connectors); the LLM runs once
-        over the K*B stacked sequences; returns [K, B]. Logits are formed only at label positions."""
+        over the K*B stacked sequences; returns [K, B]. Logits are formed only at label positions.
+
+        No attention mask: batches are right-padded, so under causal attention no real token ever sees
+        a pad, and without a mask SDPA takes its fused causal kernel."""
         k, b = visual.shape[:2]
         ids = input_ids.repeat(k, 1)
         embeds = self.embed(ids, visual.reshape(k * b, *visual.shape[2:]))
-        hidden = self.llm.model(inputs_embeds=embeds, attention_mask=attention_mask.repeat(k, 1)).last_hidden_state
+        hidden = self.llm.model(inputs_embeds=embeds).last_hidden_state
         targets = labels[:, 1:].repeat(k, 1)
         at = targets != IGNORE_INDEX
         rows = at.nonzero()[:, 0]
-        logits = self.llm.lm_head(hidden[:, :-1][at]).float()
-        per_token = nn.functional.cross_entropy(logits, targets[at], reduction="none")
+        hidden_at = hidden[:, :-1][at]
+        if self.fused_ce is not None:  # the logits at label positions are never materialised whole
+            per_token = self.fused_ce(self.llm.lm_head.weight, hidden_at, targets[at]).float()
+        else:
+            logits = self.llm.lm_head(hidden_at).float()
+            per_token = nn.functional.cross_entropy(logits, targets[at], reduction="none")
         sums = torch.zeros(k * b, device=per_token.device, dtype=per_token.dtype).index_add_(0, rows, per_token)
         return sums.view(k, b)
 

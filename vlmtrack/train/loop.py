@@ -21,10 +21,12 @@ from vlmtrack.eval.evaluate import autocast, batch_losses, evaluate
 from vlmtrack.eval.golden_gen import generate_golden, write_golden
 from vlmtrack.model.backbone import load_backbone
 from vlmtrack.model.connector import Connector
+from vlmtrack.model.feature_cache import store_for_run
+from vlmtrack.model.kernels import use_fused_kernels
 from vlmtrack.tracking.base import Tracker
 from vlmtrack.train import checkpoint as ckpt
-from vlmtrack.train.setup import (check_writable, chunks, device_and_dtype, loader, lr_lambda, seeded_subset,
-                                  train_batches)
+from vlmtrack.train.setup import (check_writable, chunks, data_workers, device_and_dtype, loader, lr_lambda,
+                                  seeded_subset, train_batches)
 from vlmtrack.train.steptime import step_time_stats
 
 
@@ -90,11 +92,14 @@ def train_trials(trials: list[Trial], log=print) -> list[dict]:
             raise DataError(f"{trial.cfg.train.run_name}: eval split/golden set {data.split.eval_hash}/"
                             f"{data.golden_hash} differ from the sweep's {trial.expected_hashes}: refused")
     num_latents = base.model.num_latents
+    backbone.fused_ce = use_fused_kernels(backbone.llm, device, t.kernels, log)
+    workers, pin = data_workers(base.data.num_workers, device), device.type == "cuda"
+    features = store_for_run(base, backbone, data, device, workers, log)
 
     def dataset(positions, on_bad_image="fail"):
         return CaptionDataset(data.samples, data.metas, positions, backbone.tokenizer, backbone.image_processor,
                               data.image_root, backbone.image_token_id, num_latents, base.data.max_seq_len,
-                              on_bad_image)
+                              on_bad_image, features)
 
     train_set = dataset(data.split.train, base.data.on_bad_image)
     steps_per_epoch = len(train_set) // t.batch_size
@@ -151,7 +156,7 @@ def train_trials(trials: list[Trial], log=print) -> list[dict]:
 
     def full_eval(at_step: int, sets=eval_batches, kind="eval") -> None:
         t0 = time.perf_counter()
-        sums = evaluate(backbone, connectors(), loader(eval_set, sets, backbone.pad_id, 0), device, dtype)
+        sums = evaluate(backbone, connectors(), loader(eval_set, sets, backbone.pad_id, workers, pin), device, dtype)
         if kind == "eval":
             timing["full_eval_s"].append(time.perf_counter() - t0)
         for tr, s in zip(active, sums):
@@ -203,7 +208,8 @@ def train_trials(trials: list[Trial], log=print) -> list[dict]:
                 tr.tracker.log_artifact(path / name, f"checkpoints/{path.name}")
             tr.tracker.set_tags({"last_checkpoint": f"checkpoints/{path.name}"})
 
-    batches = train_batches(train_set, t.batch_size, t.seed, step, backbone.pad_id, base.data.num_workers)
+    lengths = [data.metas[i].label_len for i in data.split.train] if base.data.group_by_length else None
+    batches = train_batches(train_set, t.batch_size, t.seed, step, backbone.pad_id, workers, pin, lengths)
     bad_samples: list[dict] = []
 
     def next_batch():
@@ -295,7 +301,7 @@ def train_trials(trials: list[Trial], log=print) -> list[dict]:
     results = []
     ablations = []
     if e.run_ablations and active:
-        ablations = run_ablations(backbone, connectors(), lambda: loader(eval_set, ablation, backbone.pad_id, 0),
+        ablations = run_ablations(backbone, connectors(), lambda: loader(eval_set, ablation, backbone.pad_id, workers, pin),
                                   device, dtype, e.ablation_seed)
     for tr in trials:
         if tr.failed:

@@ -52,22 +52,47 @@ def epoch_order(num_train: int, seed: int, epoch: int) -> list[int]:
     return torch.randperm(num_train, generator=g).tolist()
 
 
+def epoch_batches(order: list[int], batch_size: int, lengths: list[int] | None, seed: int, epoch: int) -> list[list[int]]:
+    """An epoch's batches. With `lengths`, samples are sorted by length within windows of 64 batches (so
+    a batch pads little) and the batches of a window shuffled: still a function of (seed, epoch) only."""
+    steps = len(order) // batch_size
+    if lengths is None:
+        return [order[i * batch_size:(i + 1) * batch_size] for i in range(steps)]
+    rng = random.Random(seed * 1_000_003 + epoch)
+    out, window = [], 64 * batch_size
+    for start in range(0, steps * batch_size, window):
+        chunk = sorted(order[start:min(start + window, steps * batch_size)], key=lambda i: lengths[i])
+        group = [chunk[i:i + batch_size] for i in range(0, len(chunk), batch_size)]
+        rng.shuffle(group)
+        out += group
+    return out
+
+
 def train_batches(dataset: CaptionDataset, batch_size: int, seed: int, start_step: int, pad_id: int,
-                  num_workers: int):
+                  num_workers: int, pin: bool = False, lengths: list[int] | None = None):
     """Yields batches forever from step `start_step` on; an epoch is num_train // batch_size steps."""
     steps_per_epoch = len(dataset) // batch_size
     epoch, offset = divmod(start_step, steps_per_epoch)
     while True:
-        order = epoch_order(len(dataset), seed, epoch)
-        batches = [order[i * batch_size:(i + 1) * batch_size] for i in range(offset, steps_per_epoch)]
-        yield from loader(dataset, batches, pad_id, num_workers)
+        batches = epoch_batches(epoch_order(len(dataset), seed, epoch), batch_size, lengths, seed, epoch)
+        yield from loader(dataset, batches[offset:], pad_id, num_workers, pin)
         epoch, offset = epoch + 1, 0
 
 
-def loader(dataset: CaptionDataset, batches: list[list[int]], pad_id: int, num_workers: int):
+def data_workers(setting: int, device: torch.device) -> int:
+    """-1 = sized to the machine: on CUDA every core but the one driving the GPU (at most 12); on CPU none,
+    since the training threads need the cores and decoding in the main process costs less than a worker."""
+    if setting >= 0:
+        return setting
+    return min(12, max(0, (os.cpu_count() or 1) - 1)) if device.type == "cuda" else 0
+
+
+def loader(dataset: CaptionDataset, batches: list[list[int]], pad_id: int, num_workers: int, pin: bool = False):
+    """Batches in the given order; workers decode ahead (prefetch) into pinned memory on CUDA."""
+    extra = {"prefetch_factor": 4} if num_workers > 0 else {}
     return torch.utils.data.DataLoader(dataset, batch_sampler=batches, num_workers=num_workers,
                                        collate_fn=functools.partial(collate, pad_id=pad_id),
-                                       persistent_workers=False)
+                                       persistent_workers=False, pin_memory=pin, **extra)
 
 
 def lr_lambda(warmup: int, total: int, schedule: str):

@@ -1,0 +1,106 @@
+import json
+import pickle
+import shutil
+
+import pytest
+import torch
+from PIL import Image
+
+from tests.helpers.tiny_models import tiny_config
+from vlmtrack.data.dataset import CaptionDataset, collate
+from vlmtrack.data.llava import DataError
+from vlmtrack.data.pipeline import prepare_data
+from vlmtrack.model import feature_cache as fc
+from vlmtrack.model.backbone import load_backbone
+from vlmtrack.tracking.base import JsonlTracker
+from vlmtrack.train import loop
+
+
+@pytest.fixture()
+def run_parts(tiny_paths, tmp_path):
+    cfg = tiny_config(tiny_paths, tmp_path / "out")
+    cfg.data.feature_cache_dir = str(tmp_path / "cache")
+    bb = load_backbone(cfg.model.llm, cfg.model.vision)
+    data = prepare_data(cfg, bb.tokenizer, tmp_path / "out")
+    return cfg, bb, data
+
+
+def shards(folder):
+    return sorted(p.name for p in folder.glob("shard-*.json"))
+
+
+def test_cached_features_are_the_towers_output_in_bf16_and_built_once(run_parts):
+    cfg, bb, data = run_parts
+    store = fc.store_for_run(cfg, bb, data, torch.device("cpu"), 0, log=lambda *_: None)
+    rels = [data.metas[i].image_relpath for i in (*data.split.train, *data.split.eval)]
+    assert set(store.row_of) == set(rels)
+    ds = CaptionDataset(data.samples, data.metas, data.split.eval[:4], bb.tokenizer, bb.image_processor,
+                        data.image_root, bb.image_token_id, 4, 512)
+    live = bb.vision_features(collate([ds[i] for i in range(4)], bb.pad_id).pixel_values)
+    cached = torch.stack([store.get(data.metas[i].image_relpath) for i in data.split.eval[:4]])
+    assert cached.dtype == torch.bfloat16 and cached.shape == live.shape
+    assert torch.equal(cached, live.to(torch.bfloat16))
+    # a second run finds everything: no new shard; a pickled store (DataLoader workers) reads the same rows
+    before = shards(store.folder)
+    again = fc.store_for_run(cfg, bb, data, torch.device("cpu"), 0, log=lambda *_: None)
+    assert shards(again.folder) == before and len(before) == 1
+    clone = pickle.loads(pickle.dumps(store))
+    assert clone._maps == {} and torch.equal(clone.get(rels[0]), store.get(rels[0]))
+
+
+def test_cache_key_follows_the_processor_and_the_weights(run_parts, tiny_paths, tmp_path):
+    cfg, bb, _ = run_parts
+    key = fc.tower_fingerprint(cfg.model.vision, bb.tower, bb.image_processor)
+    bb.image_processor.image_mean = [0.4, 0.4, 0.4]
+    assert fc.tower_fingerprint(cfg.model.vision, bb.tower, bb.image_processor) != key
+    bb.image_processor.image_mean = [0.5, 0.5, 0.5]
+    copy = tmp_path / "vision-copy"
+    shutil.copytree(tiny_paths["vision"], copy)
+    assert fc.tower_fingerprint(str(copy), bb.tower, bb.image_processor) != key
+
+
+def test_changed_and_unreadable_images(run_parts, tmp_path):
+    cfg, bb, data = run_parts
+    root = tmp_path / "images"
+    shutil.copytree(data.image_root, root)
+    rels = [data.metas[i].image_relpath for i in data.split.train[:6]]
+    folder = tmp_path / "c2"
+    store = fc.open_or_build(folder, root, rels, bb, torch.device("cpu"), log=lambda *_: None)
+    assert len(store.row_of) == 6
+    # new content under an old name is computed again (one new shard of one row), not served stale;
+    # a copy of a cached image is served from its row (keyed by content); an unreadable one is left out
+    Image.open(root / rels[0]).transpose(Image.Transpose.FLIP_LEFT_RIGHT).save(root / rels[0])
+    shutil.copy(root / rels[1], root / rels[3])
+    (root / rels[2]).write_bytes(b"")
+    store = fc.open_or_build(folder, root, rels, bb, torch.device("cpu"), log=lambda *_: None)
+    metas = [json.loads((folder / s).read_text()) for s in shards(folder)]
+    assert sorted(m["shape"][0] for m in metas) == [1, 6]
+    assert rels[2] not in store.row_of
+    assert torch.equal(store.get(rels[3]), store.get(rels[1]))
+    px = bb.image_processor(images=Image.open(root / rels[0]).convert("RGB"), return_tensors="pt")["pixel_values"]
+    assert torch.equal(store.get(rels[0]), bb.vision_features(px)[0].to(torch.bfloat16))
+    assert not list(folder.glob(".*tmp"))
+    # the dataset treats an image the cache could not read as undecodable (skip policy lists it)
+    ds = CaptionDataset(data.samples, data.metas, data.split.train[:6], bb.tokenizer, bb.image_processor, root,
+                        bb.image_token_id, 4, 512, on_bad_image="skip", features=store)
+    assert "cannot be decoded" in ds[2]["skipped"]["reason"]
+    assert ds[0]["features"].dtype == torch.bfloat16
+    strict = CaptionDataset(data.samples, data.metas, data.split.train[:6], bb.tokenizer, bb.image_processor,
+                            root, bb.image_token_id, 4, 512, features=store)
+    with pytest.raises(DataError, match="on_bad_image=skip"):
+        strict[2]
+
+
+def test_auto_respects_the_size_cap_and_training_matches_the_live_tower(tiny_paths, tmp_path):
+    logs = []
+    cached = tiny_config(tiny_paths, tmp_path / "cached")
+    cached.data.feature_cache_dir = str(tmp_path / "cache")
+    live = tiny_config(tiny_paths, tmp_path / "live")
+    live.data.feature_cache, live.data.feature_cache_max_gib = "auto", 1e-9  # over the cap: computed live
+    a = loop.train(cached, JsonlTracker(), log=logs.append)
+    b = loop.train(live, JsonlTracker(), log=logs.append)
+    assert any("[cache] vision features of" in line and "GiB (bf16)" in line for line in logs)
+    assert any("over data.feature_cache_max_gib" in line for line in logs)
+    # the only difference is the features' bf16 storage
+    assert a["final_eval"]["eval_loss"] == pytest.approx(b["final_eval"]["eval_loss"], rel=2e-2)
+    assert a["final_eval"]["eval_label_tokens_total"] == b["final_eval"]["eval_label_tokens_total"]

@@ -1,0 +1,190 @@
+"""The vision-feature cache: the tower is frozen, so each image's features are computed once per
+(model, processor settings) and read from disk afterwards, across epochs, runs and sweep trials.
+
+Features are stored before `vision_ln` (which belongs to the connector), so one cache serves both
+settings of the sweep, and the ablations see exactly what the live tower would give. Stored in bf16 as
+shards of raw rows ([n, tokens, dim]) with a JSON index of image content hashes, each shard written
+to a temporary name and renamed: a build that dies leaves no half-written shard.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from vlmtrack.data.dataset import load_image
+from vlmtrack.data.llava import DataError, resolve_image
+
+CACHE_VERSION = 1
+
+
+def cache_root(setting: str) -> Path:
+    return Path(setting) if setting else Path(os.environ.get("VLMTRACK_CACHE", "~/.cache/vlmtrack")).expanduser() / "features"
+
+
+def tower_fingerprint(vision_path: str, tower, image_processor) -> str:
+    """What the features depend on: the weights (a hub commit, or the local files' names, sizes and
+    times), the tower's config and the processor's settings."""
+    local = Path(vision_path).expanduser()
+    if local.is_dir():
+        weights = sorted((p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in local.glob("*.safetensors"))
+        weights += sorted((p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in local.glob("*.bin"))
+        source = {"path": str(local.resolve()), "weights": weights}
+    else:
+        source = {"hub_id": vision_path, "revision": getattr(tower.config, "_commit_hash", None)}
+    processor = {k: v for k, v in image_processor.to_dict().items() if not k.startswith("_")}
+    blob = json.dumps({"v": CACHE_VERSION, "source": source, "tower": tower.config.to_dict(),
+                       "processor": processor}, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def image_hash(image_root: Path, relpath: str) -> str | None:
+    try:
+        return hashlib.blake2b(resolve_image(image_root, relpath).read_bytes(), digest_size=16).hexdigest()
+    except OSError:
+        return None  # missing: the dataset reports it as it would without a cache
+
+
+@dataclass
+class FeatureStore:
+    """Read side, safe to hand to DataLoader workers: shards are memory-mapped lazily in each process."""
+    folder: Path
+    row_of: dict[str, tuple[int, int]]  # image relpath -> (shard, row)
+    shards: list[tuple[str, tuple[int, int, int]]]  # (file name, shape)
+    _maps: dict = field(default_factory=dict, repr=False)
+    _pid: int = -1
+
+    def get(self, relpath: str) -> torch.Tensor | None:
+        where = self.row_of.get(relpath)
+        if where is None:
+            return None
+        if self._pid != os.getpid():
+            self._maps, self._pid = {}, os.getpid()
+        shard, row = where
+        if shard not in self._maps:
+            name, shape = self.shards[shard]
+            self._maps[shard] = np.memmap(self.folder / name, dtype=np.uint16, mode="r", shape=shape)
+        return torch.from_numpy(np.array(self._maps[shard][row])).view(torch.bfloat16)
+
+    def __getstate__(self):
+        return {"folder": self.folder, "row_of": self.row_of, "shards": self.shards, "_maps": {}, "_pid": -1}
+
+
+def _index(folder: Path) -> tuple[dict[str, tuple[int, int]], list[tuple[str, tuple[int, int, int]]]]:
+    by_hash, shards = {}, []
+    for meta in sorted(folder.glob("shard-*.json")):
+        info = json.loads(meta.read_text())
+        if not (folder / info["file"]).exists():
+            continue
+        shards.append((info["file"], tuple(info["shape"])))
+        for row, h in enumerate(info["hashes"]):
+            by_hash.setdefault(h, (len(shards) - 1, row))
+    return by_hash, shards
+
+
+def estimate_gib(num_images: int, tokens: int, dim: int) -> float:
+    return num_images * tokens * dim * 2 / 2**30
+
+
+def feature_shape(tower) -> tuple[int, int]:
+    """(tokens, dim) of the tower's last hidden state, for the size estimate: CLIP adds a class token."""
+    c = tower.config
+    patches = (c.image_size // c.patch_size) ** 2
+    return patches + (1 if "clip" in c.model_type else 0), c.hidden_size
+
+
+def store_for_run(cfg, backbone, data, device: torch.device, num_workers: int, log=print) -> FeatureStore | None:
+    """The run's feature store, or None when the cache is off (`data.feature_cache`: on, off, or auto =
+    on when the estimated size of the split's images fits `data.feature_cache_max_gib`)."""
+    d = cfg.data
+    if d.feature_cache == "off":
+        return None
+    relpaths = [data.metas[i].image_relpath for i in (*data.split.train, *data.split.eval)]
+    unique = len(set(relpaths))
+    size = estimate_gib(unique, *feature_shape(backbone.tower))
+    if d.feature_cache == "auto" and size > d.feature_cache_max_gib:
+        log(f"[cache] vision features of {unique} images would take ~{size:.1f} GiB, over "
+            f"data.feature_cache_max_gib={d.feature_cache_max_gib:g}: computed live (data.feature_cache=on forces it)")
+        return None
+    folder = cache_root(d.feature_cache_dir) / tower_fingerprint(cfg.model.vision, backbone.tower,
+                                                                 backbone.image_processor)
+    log(f"[cache] vision features of {unique} images: ~{size:.2f} GiB (bf16) in {folder}")
+    return open_or_build(folder, data.image_root, relpaths, backbone, device, cfg.eval.batch_size, num_workers, log)
+
+
+def open_or_build(folder: Path, image_root: Path, relpaths: list[str], backbone, device: torch.device,
+                  batch_size: int = 64, num_workers: int = 0, log=print) -> FeatureStore:
+    """The store for `relpaths`, computing (and appending as one new shard) the images not cached yet.
+    Images that cannot be read are left out: the dataset then handles them by `data.on_bad_image`."""
+    folder.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    hashes = {rel: image_hash(image_root, rel) for rel in dict.fromkeys(relpaths)}
+    by_hash, shards = _index(folder)
+    missing = list(dict.fromkeys(h for h in hashes.values() if h and h not in by_hash))
+    if missing:
+        first = {h: rel for rel, h in reversed(list(hashes.items())) if h}
+        log(f"[cache] computing vision features of {len(missing)} image(s) into {folder}")
+        done = _build_shard(folder, [first[h] for h in missing], missing, image_root, backbone, device,
+                            batch_size, num_workers)
+        by_hash, shards = _index(folder)
+        log(f"[cache] {done} image(s) cached in {time.perf_counter() - t0:.1f}s")
+    row_of = {rel: by_hash[h] for rel, h in hashes.items() if h in by_hash}
+    return FeatureStore(folder, row_of, shards)
+
+
+class _Images(torch.utils.data.Dataset):
+    def __init__(self, relpaths, image_root, image_processor):
+        self.relpaths, self.image_root, self.image_processor = relpaths, image_root, image_processor
+
+    def __len__(self):
+        return len(self.relpaths)
+
+    def __getitem__(self, i):
+        try:
+            image = load_image(self.image_root, self.relpaths[i])
+        except DataError:
+            return i, None
+        return i, self.image_processor(images=image, return_tensors="pt")["pixel_values"][0]
+
+
+def _collate(items):
+    ok = [(i, px) for i, px in items if px is not None]
+    return [i for i, _ in ok], (torch.stack([px for _, px in ok]) if ok else None)
+
+
+@torch.no_grad()
+def _build_shard(folder: Path, relpaths: list[str], hashes: list[str], image_root: Path, backbone,
+                 device: torch.device, batch_size: int, num_workers: int) -> int:
+    name = f"shard-{time.time_ns()}-{os.getpid()}"
+    tmp = folder / f".{name}.bin.tmp"
+    kept: list[int] = []
+    shape = None
+    loader = torch.utils.data.DataLoader(_Images(relpaths, image_root, backbone.image_processor),
+                                         batch_size=batch_size, num_workers=num_workers, collate_fn=_collate)
+    dtype = next(backbone.tower.parameters()).dtype
+    try:
+        with open(tmp, "wb") as f:
+            for index, pixels in loader:
+                if pixels is None:
+                    continue
+                feats = backbone.vision_features(pixels.to(device, dtype)).to(torch.bfloat16).cpu()
+                shape = feats.shape[1:]
+                f.write(feats.contiguous().view(torch.uint16).numpy().tobytes())
+                kept += index
+        if not kept:
+            tmp.unlink()
+            return 0
+        tmp.replace(folder / f"{name}.bin")
+        meta = {"file": f"{name}.bin", "shape": [len(kept), *shape], "hashes": [hashes[i] for i in kept]}
+        tmp_meta = folder / f".{name}.json.tmp"
+        tmp_meta.write_text(json.dumps(meta))
+        tmp_meta.replace(folder / f"{name}.json")
+    finally:
+        tmp.unlink(missing_ok=True)
+    return len(kept)
