@@ -104,7 +104,8 @@ def _bench(args) -> None:
     from vlmtrack.bench.run import main as bench
     from vlmtrack.tracking.mlflow_tracker import MlflowTracker
 
-    rows, summary = bench(args.preset, args.images, args.batch, args.steps, args.sweep_steps, args.workers)
+    rows, summary = bench(args.preset, args.images, args.batch, args.steps, args.sweep_steps, args.workers,
+                          one_by_one_steps=args.one_by_one_steps, parts=args.parts)
     if not args.no_track:
         tracker = MlflowTracker(experiment=args.experiment or "vlmtrack-bench", run_name=f"bench-{args.preset}")
         tracker.log_params({k: v for k, v in vars(args).items() if k != "func"})
@@ -177,10 +178,16 @@ def build_parser() -> argparse.ArgumentParser:
                        help="model shapes: small (Qwen3-0.6B + SigLIP-base), large (Qwen3-1.7B + "
                             "SigLIP-so400m), tiny (tests)")
     bench.add_argument("--images", type=int, default=5000, help="synthetic JPEGs written to disk and trained on")
-    bench.add_argument("--batch", type=int, default=128, help="micro-batch of the large-batch regime")
+    bench.add_argument("--batch", type=int, default=512, help="micro-batch of the large-batch regimes")
     bench.add_argument("--steps", type=int, default=40, help="training steps of the large-batch regime")
-    bench.add_argument("--sweep-steps", type=int, default=200,
-                       help="steps per trial of the six-trial sweep, timed side by side and one by one")
+    bench.add_argument("--sweep-steps", type=int, default=2000,
+                       help="steps of 4 samples per trial of the six-trial sweep, run whole side by side")
+    bench.add_argument("--one-by-one-steps", type=int, default=200,
+                       help="steps per trial the one-by-one sweep runs before extrapolating to --sweep-steps")
+    bench.add_argument("--parts", default="baseline,loop,sweep,one_by_one",
+                       help="what to measure, comma-separated: baseline (HF-style, spec, torch kernels), loop "
+                            "(fused kernels, feature cache, MLflow tracking), sweep (six trials side by side), "
+                            "one_by_one (the six one after another, extrapolated)")
     bench.add_argument("--workers", type=int, default=12, help="data-loader worker processes")
     bench.add_argument("--experiment", default=None, help="MLflow experiment (default: vlmtrack-bench)")
     bench.add_argument("--no-track", action="store_true", help="print only, log nothing to MLflow")

@@ -19,7 +19,8 @@ def test_bench_prints_the_table_on_cpu(capsys):
     assert "| regime | samples/s |" in out and "full eval s | golden-64 s |" in out
     assert "MLflow tracking cost" in out
     # the one-by-one side ran 4 of 6 steps per trial and says it extrapolated
-    assert "six trials x 6 steps" in out and "ran 4 steps per trial, extrapolated to 6" in out
+    assert "six trials x 6 steps" in out and "- side by side:" in out
+    assert "ran 4 steps per trial, extrapolated to 6" in out
     assert summary["sweep_one_by_one_s"] > 0 and summary["sweep_side_by_side_s"] > 0
     assert summary["gflop_per_sample"] > 0
 

@@ -22,8 +22,12 @@ def losses_and_grad(bb, batch, conn):
     return sums.detach().float(), conn.proj_out.weight.grad.detach().float().clone()
 
 
-def test_liger_kernels_match_plain_pytorch(tiny_paths):
+def test_liger_kernels_match_plain_pytorch(tiny_paths, monkeypatch):
     pytest.importorskip("liger_kernel")
+    from transformers.models.qwen3 import modeling_qwen3
+
+    for name in ("apply_rotary_pos_emb", "Qwen3RMSNorm", "Qwen3MLP"):  # liger patches these process-wide
+        monkeypatch.setattr(modeling_qwen3, name, getattr(modeling_qwen3, name))
     cuda = torch.device("cuda")
     plain = load_backbone(str(tiny_paths["llm"]), str(tiny_paths["vision"]), torch.bfloat16).to(cuda)
     fused = load_backbone(str(tiny_paths["llm"]), str(tiny_paths["vision"]), torch.bfloat16).to(cuda)

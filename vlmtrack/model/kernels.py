@@ -6,14 +6,21 @@ from __future__ import annotations
 import torch
 
 KERNEL_CHOICES = ("auto", "liger", "torch")
+# Measured on an H100 (docs/PERFORMANCE.md): liger's Triton kernels cost more to launch than PyTorch's,
+# so at a few sequences per step (launch-bound) they are slower: batch 4, 0.179 s vs 0.138 s per step;
+# 6 x 4 stacked, 0.216 vs 0.183; at 256, 0.232 vs 0.421. `auto` uses them from this many sequences on.
+FUSED_MIN_SEQUENCES = 64
 
 
-def use_fused_kernels(llm, device: torch.device, setting: str, log=print):
+def use_fused_kernels(llm, device: torch.device, setting: str, log=print,
+                      sequences_per_step: int = FUSED_MIN_SEQUENCES):
     """Patches `llm` in place and returns the fused loss (lm_head weight, hidden, targets) -> per-token
-    losses, or None for plain PyTorch. `auto` = liger on CUDA when installed."""
+    losses, or None for plain PyTorch. `auto` = liger on CUDA when installed and the LLM sees at least
+    FUSED_MIN_SEQUENCES sequences per forward."""
     if setting not in KERNEL_CHOICES:
         raise ValueError(f"train.kernels={setting!r}: use one of {', '.join(KERNEL_CHOICES)}")
-    if setting == "torch" or (setting == "auto" and device.type != "cuda"):
+    launch_bound = sequences_per_step < FUSED_MIN_SEQUENCES
+    if setting == "torch" or (setting == "auto" and (device.type != "cuda" or launch_bound)):
         return None
     if device.type != "cuda":
         raise ValueError("train.kernels=liger needs a CUDA device: use train.kernels=auto or torch on CPU")

@@ -92,7 +92,7 @@ def train_trials(trials: list[Trial], log=print) -> list[dict]:
             raise DataError(f"{trial.cfg.train.run_name}: eval split/golden set {data.split.eval_hash}/"
                             f"{data.golden_hash} differ from the sweep's {trial.expected_hashes}: refused")
     num_latents = base.model.num_latents
-    backbone.fused_ce = use_fused_kernels(backbone.llm, device, t.kernels, log)
+    backbone.fused_ce = use_fused_kernels(backbone.llm, device, t.kernels, log, t.batch_size * len(trials))
     workers, pin = data_workers(base.data.num_workers, device), device.type == "cuda"
     features = store_for_run(base, backbone, data, device, workers, log)
 
@@ -119,7 +119,8 @@ def train_trials(trials: list[Trial], log=print) -> list[dict]:
         torch.manual_seed(tc.seed)
         trial.connector = Connector(backbone.vision_dim, backbone.llm_dim, m.num_latents, m.resampler_depth,
                                     m.resampler_heads, m.resampler_ffn_mult, m.vision_ln).to(device)
-        trial.optimizer = torch.optim.AdamW(trial.connector.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
+        trial.optimizer = torch.optim.AdamW(trial.connector.parameters(), lr=tc.lr, weight_decay=tc.weight_decay,
+                                            fused=device.type == "cuda")
         trial.scheduler = torch.optim.lr_scheduler.LambdaLR(
             trial.optimizer, lr_lambda(tc.warmup_steps, total_updates, tc.lr_schedule))
         dump_yaml(trial.cfg, trial.out_dir / "config.yaml")

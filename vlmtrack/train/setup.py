@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import functools
+import itertools
 import math
 import os
 import random
@@ -70,13 +71,18 @@ def epoch_batches(order: list[int], batch_size: int, lengths: list[int] | None, 
 
 def train_batches(dataset: CaptionDataset, batch_size: int, seed: int, start_step: int, pad_id: int,
                   num_workers: int, pin: bool = False, lengths: list[int] | None = None):
-    """Yields batches forever from step `start_step` on; an epoch is num_train // batch_size steps."""
+    """Batches forever from step `start_step` on; an epoch is num_train // batch_size steps. One loader
+    serves every epoch, so its workers are started once, not at each epoch boundary (a small split at a
+    large batch has an epoch every few steps)."""
     steps_per_epoch = len(dataset) // batch_size
-    epoch, offset = divmod(start_step, steps_per_epoch)
-    while True:
-        batches = epoch_batches(epoch_order(len(dataset), seed, epoch), batch_size, lengths, seed, epoch)
-        yield from loader(dataset, batches[offset:], pad_id, num_workers, pin)
-        epoch, offset = epoch + 1, 0
+    first_epoch, offset = divmod(start_step, steps_per_epoch)
+
+    def order():
+        for epoch in itertools.count(first_epoch):
+            batches = epoch_batches(epoch_order(len(dataset), seed, epoch), batch_size, lengths, seed, epoch)
+            yield from batches[offset if epoch == first_epoch else 0:]
+
+    return iter(loader(dataset, order(), pad_id, num_workers, pin))
 
 
 def data_workers(setting: int, device: torch.device) -> int:
@@ -87,7 +93,7 @@ def data_workers(setting: int, device: torch.device) -> int:
     return min(12, max(0, (os.cpu_count() or 1) - 1)) if device.type == "cuda" else 0
 
 
-def loader(dataset: CaptionDataset, batches: list[list[int]], pad_id: int, num_workers: int, pin: bool = False):
+def loader(dataset: CaptionDataset, batches, pad_id: int, num_workers: int, pin: bool = False):
     """Batches in the given order; workers decode ahead (prefetch) into pinned memory on CUDA."""
     extra = {"prefetch_factor": 4} if num_workers > 0 else {}
     return torch.utils.data.DataLoader(dataset, batch_sampler=batches, num_workers=num_workers,
