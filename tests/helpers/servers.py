@@ -1,6 +1,7 @@
 """Local servers for tests: a free port on 127.0.0.1, and a real `mlflow server` over a given store."""
 from __future__ import annotations
 
+import os
 import socket
 import subprocess
 import sys
@@ -17,12 +18,15 @@ def free_port() -> int:
 
 
 @contextmanager
-def mlflow_server(backend_uri: str, log_path: Path, *extra: str):
-    """Yields the server's URL once /health answers; stops the server afterwards."""
-    port = free_port()
+def mlflow_server(backend_uri: str, log_path: Path, *extra: str, port: int | None = None, jobs: bool = True):
+    """Yields the server's URL once /health answers; stops the server afterwards. A given `port` lets a
+    test start the same server again where its clients expect it; `jobs=False` leaves out MLflow's job
+    runner (a dozen processes vlmtrack does not use), for a faster start."""
+    port = port or free_port()
+    env = dict(os.environ, **({} if jobs else {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}))
     proc = subprocess.Popen([sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
                              "--backend-store-uri", backend_uri, "--workers", "1", *extra],
-                            stdout=open(log_path, "w"), stderr=subprocess.STDOUT, start_new_session=True)
+                            stdout=open(log_path, "w"), stderr=subprocess.STDOUT, start_new_session=True, env=env)
     url = f"http://127.0.0.1:{port}"
     try:
         for _ in range(120):

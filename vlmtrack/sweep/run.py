@@ -14,6 +14,7 @@ from vlmtrack.sweep import study as S
 from vlmtrack.sweep.groups import choose_group_size
 from vlmtrack.sweep.summary import write_summary
 from vlmtrack.tracking.optuna_plots import log_study_plots
+from vlmtrack.tracking.session import note_tracking_losses
 from vlmtrack.train.loop import Trial, train_trials
 
 TrialRunner = Callable[..., list[dict]]
@@ -95,6 +96,7 @@ def run_sweep(cfg: Config, parent, make_tracker, tokenizer_for_hashes, log=print
             S.tell(study, t, result["score"])
             tr.tracker.log_metrics({"score": result["score"]}, result["step"])
             tr.tracker.finish("FINISHED")
+            note_tracking_losses(tr.out_dir / "metrics.json", tr.tracker)
     if S.grid_complete(study, cfg):
         write_summary(study, cfg, parent, log)
         log_study_plots(study, parent)

@@ -1,7 +1,9 @@
 """The MLflow tracker: the only place vlmtrack calls MLflow for a run.
 
 Every call is queued to one background thread, so logging never blocks a training step and keeps
-its order; metrics are batched; a tracking hiccup is reported once and never kills the run.
+its order; metrics are batched. A call that fails because the server cannot be reached is held and
+retried until the server is back (metric values up to a bound; beyond it the oldest are dropped and
+counted); any other failing call is reported and dropped. The run never dies for tracking.
 """
 from __future__ import annotations
 
@@ -12,11 +14,23 @@ import sys
 import tempfile
 import threading
 import time
+from collections import deque
 from pathlib import Path
 
 DEFAULT_EXPERIMENT = "vlmtrack"
 METRIC_FLUSH_S = 5.0
 METRIC_BATCH = 900  # log_batch takes at most 1,000 metrics
+# While the server is away: metric values held for it (~40 MB; beyond, the oldest are dropped and
+# counted as lost), the pause between attempts, and how long finish() waits for it to come back.
+HOLD_METRICS = 200_000
+RETRY_S = 2.0
+FINISH_WAIT_S = 120.0
+# MLflow retries a failed HTTP call 7 times with exponential backoff (minutes) before it raises, and
+# waits 120 s for an answer. The worker retries on its own (above), so one call may give up after
+# seconds; a value the user has set wins. The training thread never waits on these either way.
+HTTP_BOUNDS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+               "MLFLOW_HTTP_REQUEST_TIMEOUT": "60"}
+LOST_METRICS = "tracking_lost_metrics"  # metric and tag: values that never reached the server
 
 
 class MlflowTracker:
@@ -25,6 +39,8 @@ class MlflowTracker:
                  experiment_id: str | None = None):
         from mlflow import MlflowClient
 
+        for name, value in HTTP_BOUNDS.items():
+            os.environ.setdefault(name, value)
         self.client = MlflowClient(tracking_uri)
         run_id = run_id or os.environ.get("MLFLOW_RUN_ID")
         if run_id:  # `mlflow run` created the run and passes it on: attach to it
@@ -38,13 +54,20 @@ class MlflowTracker:
             self.run_id = self.client.create_run(exp_id, run_name=run_name, tags=run_tags).info.run_id
         self.errors: list[str] = []
         self.finished = False
+        self.lost_metrics = 0  # metric values that never reached the server
+        self.away_since: float | None = None  # monotonic time the server stopped answering
+        self._lost_reported = 0
+        self._full_warned = False
+        self._last_step = 0
         self._metrics: list = []
         self._last_flush = time.monotonic()
         self._images_logged: set[str] = set()
         self._queue: queue.Queue = queue.Queue()
+        self._done = threading.Condition()
+        self._submitted = self._settled = 0  # calls queued / delivered or dropped: what flush() waits on
+        self.cost_s = 0.0  # time the worker spent in MLflow calls
         self._worker = threading.Thread(target=self._work, name="mlflow-tracker", daemon=True)
         self._worker.start()
-        self.cost_s = 0.0  # time the worker spent in MLflow calls
 
     def _experiment_id(self, experiment: str | None) -> str:
         name = experiment or os.environ.get("MLFLOW_EXPERIMENT_NAME") or DEFAULT_EXPERIMENT
@@ -56,31 +79,150 @@ class MlflowTracker:
         return self.client.get_run(self.run_id).info.experiment_id
 
     # -- the background worker -------------------------------------------------------------
+    # Calls wait in `held` (oldest first) until delivered or dropped. Items: (what, payload, n) where
+    # payload is a list of Metric for "log_metrics", else a function; n counts the submitted calls.
     def _work(self) -> None:
+        held: deque = deque()
+        stop_at = None  # set by finish(): the time to stop waiting for an away server
         while True:
-            item = self._queue.get()
-            if item is None:
-                self._queue.task_done()
-                return
-            what, fn = item
-            t0 = time.perf_counter()
+            stop_at = self._take(held, stop_at)
+            self._hold_within_bound(held)
+            if not held:
+                if stop_at is not None:
+                    break
+                continue
+            if self.away_since is not None and stop_at is not None and time.monotonic() > stop_at:
+                self._drop_all(held)
+                break
+            self._deliver(held)
+        if self.away_since is None:
+            self._report_lost()
+
+    def _take(self, held: deque, stop_at: float | None) -> float | None:
+        """Moves what was queued into `held`, waiting for the first item only when idle."""
+        block = not held and stop_at is None
+        while True:
             try:
-                fn()
-            except Exception as e:  # a tracking hiccup must not kill a long run
-                msg = f"{what}: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
-                self.errors.append(msg)
-                if len(self.errors) <= 5:
-                    print(f"[mlflow] warning: {msg} (training goes on)", file=sys.stderr)
-            finally:
+                item = self._queue.get(block=block)
+            except queue.Empty:
+                return stop_at
+            block = False
+            if item is None:
+                stop_at = time.monotonic() + FINISH_WAIT_S
+            else:
+                held.append(item)
+
+    def _deliver(self, held: deque) -> None:
+        what, payload, n = _coalesce_metrics(held) if held[0][0] == "log_metrics" else held[0]
+        t0 = time.perf_counter()
+        try:
+            if what == "log_metrics":
+                self.client.log_batch(self.run_id, metrics=payload)
+            else:
+                payload()
+        except Exception as e:  # a tracking hiccup must not kill a long run
+            if _server_away(e):
+                self._went_away(e)
                 self.cost_s += time.perf_counter() - t0
-                self._queue.task_done()
+                time.sleep(RETRY_S)
+                return  # held: tried again next round
+            self._error(what, e)
+            if what == "log_metrics":  # refused for good: these values never arrive either
+                self.lost_metrics += len(payload)
+        else:
+            if self.away_since is not None:
+                self._came_back()
+        self.cost_s += time.perf_counter() - t0
+        held.popleft()
+        self._settle(n)
 
-    def _submit(self, what: str, fn) -> None:
-        self._queue.put((what, fn))
+    def _hold_within_bound(self, held: deque) -> None:
+        """While the server is away, drops the oldest held metric values beyond HOLD_METRICS, counting
+        them (a backlog while it answers is delivered, whatever its size)."""
+        if self.away_since is None:
+            return
+        excess = sum(len(p) for w, p, _ in held if w == "log_metrics") - HOLD_METRICS
+        if excess <= 0:
+            return
+        while excess > 0:
+            i = next(i for i, (w, _, _) in enumerate(held) if w == "log_metrics")
+            what, payload, n = held[i]
+            if len(payload) > excess:  # only the oldest values of this batch
+                held[i] = (what, payload[excess:], n)
+                dropped = excess
+            else:
+                del held[i]
+                dropped = len(payload)
+                self._settle(n)
+            excess -= dropped
+            self.lost_metrics += dropped
+        if not self._full_warned:  # once per outage
+            self._full_warned = True
+            _warn(f"{HOLD_METRICS:,} metric values held for the tracking server: dropping the oldest, "
+                  f"{self.lost_metrics} lost so far (logged as {LOST_METRICS} once it is back)")
 
-    def flush(self) -> None:
+    def _drop_all(self, held: deque) -> None:
+        """finish() waited FINISH_WAIT_S and the server is still away: what is held is lost."""
+        others = [w for w, _, _ in held if w != "log_metrics"]
+        metrics = sum(len(p) for w, p, _ in held if w == "log_metrics")
+        self.lost_metrics += metrics
+        self.errors += [f"{w}: not delivered (tracking server unreachable)" for w in others]
+        _warn(f"tracking server still unreachable {FINISH_WAIT_S:g} s after the run ended: {metrics} metric "
+              f"values and {len(others)} other calls ({', '.join(sorted(set(others))) or 'none'}) not delivered")
+        self._settle(sum(n for _, _, n in held))
+        held.clear()
+
+    def _went_away(self, e: Exception) -> None:
+        if self.away_since is None:
+            self.away_since = time.monotonic()
+            _warn(f"tracking server unreachable ({_first_line(e)[:300]}); holding up to {HOLD_METRICS:,} metric "
+                  f"values, retrying every {RETRY_S:g} s; training goes on")
+
+    def _came_back(self) -> None:
+        away = time.monotonic() - self.away_since
+        self.away_since, self._full_warned = None, False
+        lost = f"; {self.lost_metrics} metric values lost" if self.lost_metrics else ""
+        print(f"[mlflow] tracking server back after {away:.1f} s: delivering what was held{lost}", file=sys.stderr)
+        self._report_lost()
+
+    def _report_lost(self) -> None:
+        """The lost count goes to the run (metric + tag) as soon as the server takes calls."""
+        from mlflow.entities import Metric, RunTag
+
+        if self.lost_metrics <= self._lost_reported:
+            return
+        n = self.lost_metrics
+        try:
+            self.client.log_batch(self.run_id, metrics=[Metric(LOST_METRICS, n, int(time.time() * 1000),
+                                                               self._last_step)],
+                                  tags=[RunTag(LOST_METRICS, str(n))])
+            self._lost_reported = n
+        except Exception as e:  # noqa: BLE001 - tried again the next time a call goes through
+            self.errors.append(f"{LOST_METRICS}: {_first_line(e)}")
+
+    def _error(self, what: str, e: Exception) -> None:
+        msg = f"{what}: {type(e).__name__}: {_first_line(e)}"
+        self.errors.append(msg)
+        if len(self.errors) <= 5:
+            _warn(f"{msg} (training goes on)")
+
+    def _settle(self, n: int) -> None:
+        with self._done:
+            self._settled += n
+            self._done.notify_all()
+
+    def _submit(self, what: str, payload) -> None:
+        with self._done:
+            self._submitted += 1
+        self._queue.put((what, payload, 1))
+
+    def flush(self, timeout: float | None = FINISH_WAIT_S) -> bool:
+        """Waits until every call so far is delivered or dropped; False if `timeout` ran out first
+        (the server is away: the calls stay held)."""
         self._flush_metrics()
-        self._queue.join()
+        with self._done:
+            target = self._submitted
+            return self._done.wait_for(lambda: self._settled >= target, timeout)
 
     # -- the Tracker interface ---------------------------------------------------------------
     def log_params(self, params: dict) -> None:
@@ -101,6 +243,7 @@ class MlflowTracker:
         from mlflow.entities import Metric
 
         now = int(time.time() * 1000)
+        self._last_step = int(step)
         self._metrics += [Metric(k, float(v), now, int(step)) for k, v in metrics.items()]
         if len(self._metrics) >= METRIC_BATCH or time.monotonic() - self._last_flush > METRIC_FLUSH_S:
             self._flush_metrics()
@@ -109,8 +252,7 @@ class MlflowTracker:
         batch, self._metrics = self._metrics, []
         self._last_flush = time.monotonic()
         for i in range(0, len(batch), METRIC_BATCH):
-            chunk = batch[i:i + METRIC_BATCH]
-            self._submit("log_metrics", lambda c=chunk: self.client.log_batch(self.run_id, metrics=c))
+            self._submit("log_metrics", batch[i:i + METRIC_BATCH])
 
     def log_artifact(self, path: Path, artifact_path: str | None = None) -> None:
         path = Path(path)
@@ -181,6 +323,8 @@ class MlflowTracker:
         self.client.log_batch(self.run_id, tags=[RunTag("resumed_from_run_id", previous_run_id)])
 
     def finish(self, status: str = "FINISHED", error: str | None = None) -> None:
+        """Delivers what is queued (waiting up to FINISH_WAIT_S for an away server; what is still held
+        then is counted lost), marks the run, and says what tracking lost, if anything."""
         from mlflow.entities import RunTag
 
         if self.finished:  # the first status wins (e.g. FAILED set by the loop before it raised)
@@ -189,13 +333,52 @@ class MlflowTracker:
         if error:
             self._submit("error tag", lambda: self.client.log_batch(
                 self.run_id, tags=[RunTag("error", error[:5000])]))
-        self.flush()
+        self._flush_metrics()
         self._queue.put(None)
-        self._worker.join(timeout=60)
+        self._worker.join(timeout=FINISH_WAIT_S + 30)  # + one call's bounded HTTP retries
+        if self._worker.is_alive():
+            _warn(f"a tracking call is still running after {FINISH_WAIT_S + 30:g} s; its data may not arrive")
         try:
             self.client.set_terminated(self.run_id, status)
         except Exception as e:
-            print(f"[mlflow] warning: could not mark run {self.run_id} {status}: {e}", file=sys.stderr)
+            _warn(f"could not mark run {self.run_id} {status}: {_first_line(e)}")
+        if self.lost_metrics or self.errors:
+            _warn(f"run {self.run_id}: {self.lost_metrics} metric values lost ({LOST_METRICS}), "
+                  f"{len(self.errors)} tracking calls failed")
+
+
+def _coalesce_metrics(held: deque) -> tuple:
+    """Consecutive metric batches at the head of `held` become one log_batch (catch-up after an
+    outage: one call per METRIC_BATCH values, not one per 5-second flush)."""
+    metrics, n = [], 0
+    while held and held[0][0] == "log_metrics" and len(metrics) + len(held[0][1]) <= METRIC_BATCH:
+        _, payload, k = held.popleft()
+        metrics, n = metrics + payload, n + k
+    held.appendleft(("log_metrics", metrics, n))
+    return held[0]
+
+
+def _server_away(e: BaseException) -> bool:
+    """The server could not be reached, timed out, or kept answering 429/5xx through MLflow's own
+    retries: the call is worth holding. MLflow wraps these in an MlflowException raised while handling
+    the requests error, so the chain is searched. Anything else (a bad value, a permission) is final."""
+    import requests
+
+    for _ in range(10):
+        if e is None:
+            return False
+        if isinstance(e, (requests.ConnectionError, requests.Timeout, requests.exceptions.RetryError)):
+            return True
+        e = e.__cause__ or e.__context__
+    return False
+
+
+def _first_line(e: BaseException) -> str:
+    return str(e).splitlines()[0] if str(e) else type(e).__name__
+
+
+def _warn(msg: str) -> None:
+    print(f"[mlflow] warning: {msg}", file=sys.stderr)
 
 
 def _image_stem(relpath: str) -> str:

@@ -60,6 +60,21 @@ def tracked_run(cfg: Config, config_file: str | None = None, training: bool = Tr
         raise
     else:
         tracker.finish("FINISHED")
+        if training:
+            note_tracking_losses(cfg.output_dir / "metrics.json", tracker)
+
+
+def note_tracking_losses(path: Path, tracker) -> None:
+    """The loop writes metrics.json before the tracker's last delivery, so what tracking lost (metric
+    values that never reached the server) is known only now: added to the local file."""
+    lost = getattr(tracker, "lost_metrics", 0)
+    if not lost or not path.exists():
+        return
+    doc = json.loads(path.read_text())
+    doc["tracking_lost_metrics"] = lost
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(doc, indent=1))
+    tmp.replace(path)
 
 
 def log_summary(tracker, cfg: Config, metrics: dict) -> None:

@@ -1,4 +1,5 @@
-"""Connector-only, self-describing checkpoints, written atomically (a temp folder, then one rename):
+"""Connector-only, self-describing checkpoints, written atomically (a temp folder, then one rename; a
+failed write, e.g. a full disk, removes the temp folder and leaves earlier checkpoints as they were):
 
     checkpoints/step_{k}/connector.safetensors   weights
     checkpoints/step_{k}/connector.json          connector config + the towers it belongs to
@@ -6,6 +7,7 @@
 """
 from __future__ import annotations
 
+import errno
 import json
 import random
 import shutil
@@ -35,22 +37,76 @@ def restore_rng(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+class CheckpointWriteError(OSError):
+    """A checkpoint could not be written; earlier checkpoints are untouched."""
+
+    def __str__(self) -> str:
+        return self.strerror
+
+
 def save_checkpoint(out_dir: Path, step: int, connector, optimizer, scheduler, trainer_state: dict,
                     towers: dict) -> Path:
     final = checkpoint_dir(out_dir, step)
     tmp = final.parent / f".{final.name}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    weights = {k: v.detach().to("cpu").contiguous() for k, v in connector.state_dict().items()}
-    save_file(weights, str(tmp / "connector.safetensors"), metadata={"format": "pt", "step": str(step)})
-    meta = {"connector": connector.config, "step": step, "vlmtrack_version": vlmtrack.__version__, **towers}
-    (tmp / "connector.json").write_text(json.dumps(meta, indent=1))
-    torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": rng_state(),
-                **trainer_state}, tmp / "trainer_state.pt")
-    if final.exists():  # a re-run of the same step after a resume: replace it whole
-        shutil.rmtree(final)
-    tmp.rename(final)
+    writing = tmp
+    try:
+        tmp.mkdir(parents=True)
+        weights = {k: v.detach().to("cpu").contiguous() for k, v in connector.state_dict().items()}
+        writing = tmp / "connector.safetensors"
+        save_file(weights, str(writing), metadata={"format": "pt", "step": str(step)})
+        meta = {"connector": connector.config, "step": step, "vlmtrack_version": vlmtrack.__version__, **towers}
+        writing = tmp / "connector.json"
+        writing.write_text(json.dumps(meta, indent=1))
+        writing = tmp / "trainer_state.pt"
+        torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": rng_state(),
+                    **trainer_state}, writing)
+    except Exception as e:
+        full = disk_full(e, tmp.parent)  # asked before the clean-up gives the space back
+        shutil.rmtree(tmp, ignore_errors=True)  # nothing half-written stays, not even in the temp folder
+        if full or isinstance(e, OSError):
+            raise write_error(final, writing.name, e, full) from e
+        raise
+    if final.exists():  # a re-run of the same step after a resume: swap, so a crash keeps one whole copy
+        old = final.parent / f".{final.name}.old"
+        shutil.rmtree(old, ignore_errors=True)
+        final.rename(old)
+        tmp.rename(final)
+        shutil.rmtree(old)
+    else:
+        tmp.rename(final)
     return final
+
+
+FULL_BELOW_BYTES = 2**20
+
+
+def disk_full(e: Exception, where: Path) -> bool:
+    """A full disk reaches us as OSError 28 from Python's writes, as a SafetensorError naming os error 28
+    from safetensors, and from torch.save as a RuntimeError about an "unexpected pos": so the errno, the
+    text, and last the disk itself (next to nothing free while the partial files still hold it)."""
+    if getattr(e, "errno", None) in (errno.ENOSPC, errno.EDQUOT):
+        return True
+    if any(s in str(e) for s in ("No space left on device", "os error 28", "Disk quota exceeded")):
+        return True
+    try:
+        return shutil.disk_usage(where).free < FULL_BELOW_BYTES
+    except OSError:
+        return False
+
+
+def write_error(final: Path, file: str, e: Exception, full: bool) -> CheckpointWriteError:
+    """One message: which checkpoint, why, what to do, and what is still there to resume from."""
+    previous = latest_checkpoint(final.parent.parent)
+    kept = (f"the previous checkpoint {previous} is intact (train.resume_from=latest resumes from it)"
+            if previous else "no earlier checkpoint exists")
+    if full:
+        cause, fix = "no space left on the device", "Free space there or set train.output_dir to a disk with room"
+    else:
+        cause = getattr(e, "strerror", None) or (str(e).splitlines() or [type(e).__name__])[0]
+        fix = "Check that train.output_dir is writable, or set it to another directory"
+    code = errno.ENOSPC if full else (getattr(e, "errno", None) or errno.EIO)
+    return CheckpointWriteError(code, f"cannot write checkpoint {final} ({file}): {cause}. {fix}; {kept}.")
 
 
 def load_connector_weights(path: Path) -> tuple[dict, dict]:
