@@ -125,9 +125,11 @@ def test_every_mlproject_entry_point_is_a_valid_command_line():
     for name, entry in project._entry_points.items():
         required = {k: "outputs/demo/checkpoints/step_1" for k, p in entry.parameters.items() if p.default is None}
         words = shlex.split(entry.compute_command(required, storage_dir=str(REPO)))
+        if words[0] == "torchrun":  # p11_ddp: torchrun ... -m vlmtrack.cli train ...
+            words = ["python", *words[words.index("-m"):]]
         assert words[:3] == ["python", "-m", "vlmtrack.cli"], name
         args = parser.parse_args(words[3:])  # exits on an unknown command or option
-        assert args.command == {"p11": "train", "build_demo": "build-demo"}.get(name, name)
+        assert args.command == {"p11": "train", "p11_ddp": "train", "build_demo": "build-demo"}.get(name, name)
     report = parser.parse_args(shlex.split(project.get_entry_point("report").compute_command(
         {"run_id": "abc"}, storage_dir=str(REPO)))[3:])
     assert (report.run_id, report.sweep) == ("abc", "")  # "" = not given: cli passes `or None` on

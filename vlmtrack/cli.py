@@ -31,15 +31,24 @@ def _overrides(args) -> list[str]:
 def _train(args) -> None:
     from vlmtrack.demo.assets import fill_demo_defaults
     from vlmtrack.tracking.session import log_summary, tracked_run
+    from vlmtrack.train import distributed as dist
     from vlmtrack.train.loop import train
 
     cfg = load_config(args.config, _overrides(args))
-    fill_demo_defaults(cfg)
-    with tracked_run(cfg, args.config, experiment=args.experiment) as tracker:
-        print(f"[mlflow] run {tracker.run_id}")
-        metrics = train(cfg, tracker)
-        log_summary(tracker, cfg, metrics)
-    print(f"[done] metrics: {cfg.output_dir / 'metrics.json'}")
+    dist.init_from_env(cfg.train.device)  # under torchrun: join the ranks; alone: nothing
+    try:
+        with dist.main_first():  # rank 0 builds the demo assets, if needed, before the others look
+            fill_demo_defaults(cfg)
+        if not dist.is_main():  # rank 0 holds the one MLflow run and writes every file
+            train(cfg, dist.NullTracker())
+            return
+        with tracked_run(cfg, args.config, experiment=args.experiment) as tracker:
+            print(f"[mlflow] run {tracker.run_id}" + (f" ({dist.world_size()} ranks)" if dist.active() else ""))
+            metrics = train(cfg, tracker)
+            log_summary(tracker, cfg, metrics)
+        print(f"[done] metrics: {cfg.output_dir / 'metrics.json'}")
+    finally:
+        dist.teardown()
 
 
 def _ablate(args) -> None:

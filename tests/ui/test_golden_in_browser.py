@@ -39,11 +39,14 @@ def settled_thumbnails(driver, wait, css: str) -> set[str]:
     """The page's thumbnails once the table has stopped changing and every image has loaded."""
     from selenium.webdriver.common.by import By
 
-    last = None
-    for _ in range(100):
+    last, stable = None, 0
+    for _ in range(200):
+        # rows render progressively (and images lazily): scroll through, then wait for a still page
+        driver.execute_script("window.scrollTo(0, document.body.scrollHeight); window.scrollTo(0, 0);")
         imgs = driver.find_elements(By.CSS_SELECTOR, css)
         now = [(i.get_attribute("src"), i.get_attribute("naturalWidth")) for i in imgs]
-        if now and now == last and all(w not in (None, "0") for _, w in now):
+        stable = stable + 1 if now and now == last and all(w not in (None, "0") for _, w in now) else 0
+        if stable >= 5:
             return {src for src, _ in now}
         last = now
         time.sleep(0.3)

@@ -22,7 +22,8 @@ def ablation_metrics(losses: dict[str, float]) -> dict[str, float]:
 
 def run_ablations(backbone, connectors: list, make_batches, device: torch.device, dtype: torch.dtype,
                   seed: int) -> list[dict[str, float]]:
-    """One result dict per connector; `make_batches()` yields the same ablation batches each call."""
+    """One result dict per connector; `make_batches()` yields the same ablation batches each call (under
+    torchrun, this rank's shard of them: evaluate() adds the ranks' token sums up before the means)."""
     per_mode = {m: evaluate(backbone, connectors, make_batches(), device, dtype, mode=m, seed=seed)
                 for m in VISION_MODES}
     return [ablation_metrics({m: per_mode[m][k].metrics()["eval_loss"] for m in VISION_MODES})

@@ -2,12 +2,14 @@
 per bucket, never a mean of batch means. One pass serves every connector of the set."""
 from __future__ import annotations
 
+import zlib
 from dataclasses import dataclass, field
 
 import torch
 
 from vlmtrack.data.dataset import Batch
 from vlmtrack.model.backbone import Backbone, ablate
+from vlmtrack.train import distributed as dist
 
 
 @dataclass
@@ -23,6 +25,14 @@ class LossSums:
         self.tokens[bucket] = self.tokens.get(bucket, 0) + tokens
         self.examples[bucket] = self.examples.get(bucket, 0) + 1
         self.truncated += int(truncated)
+
+    def merge(self, other: LossSums) -> LossSums:
+        for b in other.tokens:
+            self.loss[b] = self.loss.get(b, 0.0) + other.loss[b]
+            self.tokens[b] = self.tokens.get(b, 0) + other.tokens[b]
+            self.examples[b] = self.examples.get(b, 0) + other.examples[b]
+        self.truncated += other.truncated
+        return self
 
     def metrics(self, prefix: str = "eval") -> dict[str, float]:
         tokens = sum(self.tokens.values())
@@ -63,19 +73,37 @@ def batch_features(backbone: Backbone, batch: Batch) -> torch.Tensor:
 @torch.no_grad()
 def evaluate(backbone: Backbone, connectors: list, batches, device: torch.device, dtype: torch.dtype,
              mode: str = "correct", seed: int = 0) -> list[LossSums]:
-    """Loss sums of every connector over the whole loader (one backbone pass per batch for all)."""
+    """Loss sums of every connector over the whole loader (one backbone pass per batch for all). Under
+    torchrun `batches` is this rank's shard and the sums returned are those of all ranks."""
     for c in connectors:
         c.eval()
     sums = [LossSums() for _ in connectors]
-    generator = torch.Generator().manual_seed(seed)
     for batch in batches:
         batch.to(device)
         with autocast(device, dtype):
-            losses = batch_losses(backbone, connectors, batch, mode, generator).cpu().tolist()
+            losses = batch_losses(backbone, connectors, batch, mode, batch_generator(seed, batch)).cpu().tolist()
         tokens, truncated = batch.num_supervised.tolist(), batch.truncated.tolist()
         for k, s in enumerate(sums):
             for r in range(len(batch)):
                 s.add(batch.bucket[r], losses[k][r], tokens[r], truncated[r])
     for c in connectors:
         c.train()
-    return sums
+    return across_ranks(sums)
+
+
+def batch_generator(seed: int, batch: Batch) -> torch.Generator:
+    """The ablation draws (shuffle, noise) of a batch depend on the seed and its items alone, so a batch
+    is ablated alike whichever rank evaluates it and whatever came before it."""
+    return torch.Generator().manual_seed(seed * 1_000_003 + zlib.crc32("\n".join(map(str, batch.ids)).encode()))
+
+
+def across_ranks(sums: list[LossSums]) -> list[LossSums]:
+    """Each rank evaluated its shard of the batches: the sums (never the means) of all ranks, added up."""
+    if dist.world_size() == 1:
+        return sums
+    per_rank = dist.gather_objects(sums)
+    totals = [LossSums() for _ in sums]
+    for ranks_sums in per_rank:
+        for total, part in zip(totals, ranks_sums):
+            total.merge(part)
+    return totals

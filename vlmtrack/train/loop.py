@@ -25,8 +25,9 @@ from vlmtrack.model.feature_cache import store_for_run
 from vlmtrack.model.kernels import use_fused_kernels
 from vlmtrack.tracking.base import Tracker
 from vlmtrack.train import checkpoint as ckpt
+from vlmtrack.train import distributed as dist
 from vlmtrack.train.setup import (check_writable, chunks, data_workers, device_and_dtype, loader, lr_lambda,
-                                  seeded_subset, train_batches)
+                                  rank_shard, seeded_subset, train_batches)
 from vlmtrack.train.steptime import step_time_stats
 
 
@@ -80,21 +81,31 @@ def train_trials(trials: list[Trial], log=print) -> list[dict]:
     check_shareable(trials)
     base = trials[0].cfg
     t, e = base.train, base.eval
+    # under torchrun every rank trains, rank 0 alone logs and writes files
+    rank, world, main = dist.rank(), dist.world_size(), dist.is_main()
+    if not main:
+        log = lambda *_: None  # noqa: E731
+        for trial in trials:
+            trial.tracker = dist.NullTracker()
+    if t.batch_size < world:
+        raise ValueError(f"train.batch_size={t.batch_size} is the global batch: it needs one sample for each "
+                         f"of the {world} ranks")
     for trial in trials:
         check_writable(trial.out_dir)
     device, dtype = device_and_dtype(base)
     torch.manual_seed(t.seed)
     # frozen towers are stored in the compute dtype
     backbone = load_backbone(base.model.llm, base.model.vision, dtype, base.model.trust_remote_code).to(device)
-    data = prepare_data(base, backbone.tokenizer, trials[0].out_dir)
+    num_latents = base.model.num_latents
+    backbone.fused_ce = use_fused_kernels(backbone.llm, device, t.kernels, log, t.batch_size // world * len(trials))
+    workers, pin = data_workers(base.data.num_workers, device), device.type == "cuda"
+    with dist.main_first():  # the split, golden set and feature cache are written once, by rank 0
+        data = prepare_data(base, backbone.tokenizer, trials[0].out_dir)
+        features = store_for_run(base, backbone, data, device, workers, log)
     for trial in trials:
         if trial.expected_hashes and trial.expected_hashes != (data.split.eval_hash, data.golden_hash):
             raise DataError(f"{trial.cfg.train.run_name}: eval split/golden set {data.split.eval_hash}/"
                             f"{data.golden_hash} differ from the sweep's {trial.expected_hashes}: refused")
-    num_latents = base.model.num_latents
-    backbone.fused_ce = use_fused_kernels(backbone.llm, device, t.kernels, log, t.batch_size * len(trials))
-    workers, pin = data_workers(base.data.num_workers, device), device.type == "cuda"
-    features = store_for_run(base, backbone, data, device, workers, log)
 
     def dataset(positions, on_bad_image="fail"):
         return CaptionDataset(data.samples, data.metas, positions, backbone.tokenizer, backbone.image_processor,
@@ -107,10 +118,13 @@ def train_trials(trials: list[Trial], log=print) -> list[dict]:
         raise ValueError(f"train split has {len(train_set)} samples, fewer than train.batch_size={t.batch_size}")
     total_steps = t.train_steps or t.num_epochs * steps_per_epoch
     total_updates = math.ceil(total_steps / t.gradient_accum)
-    eval_batches = chunks(list(range(len(data.split.eval))), e.batch_size)
+    # each rank evaluates its shard of the eval batches; evaluate() adds the ranks' sums up
+    eval_batches = rank_shard(chunks(list(range(len(data.split.eval))), e.batch_size), rank, world)
     eval_set = dataset(data.split.eval)
-    quick = chunks(seeded_subset(list(range(len(eval_set))), t.quick_eval_size, t.seed), e.batch_size)
-    ablation = chunks(seeded_subset(list(range(len(eval_set))), e.ablation_samples, e.ablation_seed), e.batch_size)
+    quick = rank_shard(chunks(seeded_subset(list(range(len(eval_set))), t.quick_eval_size, t.seed), e.batch_size),
+                       rank, world)
+    ablation = rank_shard(chunks(seeded_subset(list(range(len(eval_set))), e.ablation_samples, e.ablation_seed),
+                                 e.batch_size), rank, world)
     human_by_id = {s.id: s.human for s in data.samples}
     towers = {"llm": base.model.llm, "vision": base.model.vision}
 
@@ -123,11 +137,12 @@ def train_trials(trials: list[Trial], log=print) -> list[dict]:
                                             fused=device.type == "cuda")
         trial.scheduler = torch.optim.lr_scheduler.LambdaLR(
             trial.optimizer, lr_lambda(tc.warmup_steps, total_updates, tc.lr_schedule))
-        dump_yaml(trial.cfg, trial.out_dir / "config.yaml")
+        if main:
+            dump_yaml(trial.cfg, trial.out_dir / "config.yaml")
         trial.tracker.log_params(flatten(trial.cfg))
         trial.tracker.set_tags({
             "split_hash": data.split.eval_hash, "train_split_hash": data.split.train_hash,
-            "golden_hash": data.golden_hash, "llm": m.llm, "vision": m.vision, "device": str(device),
+            "golden_hash": data.golden_hash, "llm": m.llm, "vision": m.vision, "device": str(device), "ranks": world,
             "vlmtrack_version": vlmtrack.__version__, "dataset": data.dataset_name,
         })
         n_params = sum(p.numel() for p in trial.connector.parameters())
@@ -169,6 +184,8 @@ def train_trials(trials: list[Trial], log=print) -> list[dict]:
                     f"{b}={metrics[f'eval_loss_{b}']:.4f}" for b in base.data.bucket_names if f"eval_loss_{b}" in metrics))
 
     def golden(at_step: int) -> None:
+        if not main:  # generation is rank 0's alone; the others wait at their next collective
+            return
         t0 = time.perf_counter()
         records = generate_golden(backbone, connectors(), data.golden, human_by_id, data.image_root, num_latents,
                                   e, device, dtype)
@@ -185,7 +202,7 @@ def train_trials(trials: list[Trial], log=print) -> list[dict]:
     def check_finite(at_step: int) -> None:
         """Reads the on-device flag (the only host sync for it): a NaN is caught at the next log or save."""
         nonlocal nonfinite, window_loss
-        bad = nonfinite.cpu().tolist()
+        bad = [flag > 0 for flag in dist.all_reduce_sums(nonfinite.cpu().double())]  # every rank agrees
         for tr, is_bad in zip(list(active), bad):
             if is_bad:
                 tr.failed = (f"non-finite loss at or before step {at_step} (checked every {t.log_every} steps "
@@ -200,6 +217,8 @@ def train_trials(trials: list[Trial], log=print) -> list[dict]:
                 raise NonFiniteLossError(trials[0].failed if len(trials) == 1 else "every trial has a non-finite loss")
 
     def save(at_step: int) -> None:
+        if not main:
+            return
         for tr in active:
             path = ckpt.save_checkpoint(tr.out_dir, at_step, tr.connector, tr.optimizer, tr.scheduler,
                                         {"step": at_step, "global_sample_index": at_step * t.batch_size,
@@ -210,32 +229,39 @@ def train_trials(trials: list[Trial], log=print) -> list[dict]:
             tr.tracker.set_tags({"last_checkpoint": f"checkpoints/{path.name}"})
 
     lengths = [data.metas[i].label_len for i in data.split.train] if base.data.group_by_length else None
-    batches = train_batches(train_set, t.batch_size, t.seed, step, backbone.pad_id, workers, pin, lengths)
+    batches = train_batches(train_set, t.batch_size, t.seed, step, backbone.pad_id, workers, pin, lengths,
+                            rank, world)
     bad_samples: list[dict] = []
 
     def next_batch():
-        """The next batch with at least one sample; undecodable images are skipped and listed."""
+        """The next global batch with at least one sample (this rank's slice of it may be empty) and its
+        global count of supervised tokens; undecodable images are skipped and listed."""
         while True:
             b = next(batches)
-            if b.skipped:
-                bad_samples.extend(b.skipped)
+            n, tokens, n_skipped = dist.all_reduce_sums([len(b), int(b.num_supervised.sum()), len(b.skipped)])
+            if n_skipped:
+                skipped = [s for part in dist.gather_objects(b.skipped) for s in part]
+                bad_samples.extend(skipped)
                 for tr in active:
                     tr.tracker.log_metrics({"data_bad_images": len(bad_samples)}, step)
-                    write_jsonl(tr.out_dir / "bad_samples.jsonl", bad_samples)
-                log(f"[data] skipped {len(b.skipped)} undecodable image(s), {len(bad_samples)} so far: "
-                    f"{b.skipped[0]['reason']}")
-            if len(b):
-                return b
+                    if main:
+                        write_jsonl(tr.out_dir / "bad_samples.jsonl", bad_samples)
+                log(f"[data] skipped {len(skipped)} undecodable image(s), {len(bad_samples)} so far: "
+                    f"{skipped[0]['reason']}")
+            if n:
+                return b, int(tokens)
     window_tokens, sanity = 0, {"n": 0, "truncated": 0, "label_zero": 0, "label_tokens": 0}
     progress_every = max(1, round(total_steps * t.progress_percent))
     t_start, t_log, step_log = time.perf_counter(), time.perf_counter(), step
     while step < total_steps:
         t0 = time.perf_counter()
         n_micro = min(t.gradient_accum, total_steps - step)
-        window = [next_batch() for _ in range(n_micro)]
+        window, counts = zip(*[next_batch() for _ in range(n_micro)])
         t_data = time.perf_counter() - t0
-        tokens = sum(int(b.num_supervised.sum()) for b in window)
+        tokens = sum(counts)  # global: each rank's gradient is its share of the 1-rank gradient
         for b in window:
+            if not len(b):
+                continue
             b.to(device)
             with autocast(device, dtype):
                 losses = batch_losses(backbone, connectors(), b).sum(1)  # [K]
@@ -247,6 +273,7 @@ def train_trials(trials: list[Trial], log=print) -> list[dict]:
             sanity["label_zero"] += int((b.num_supervised <= 1).sum())
             sanity["label_tokens"] += int(b.label_len.sum())
         window_tokens += tokens
+        dist.sum_gradients(connectors())
         for tr in active:
             torch.nn.utils.clip_grad_norm_(tr.connector.parameters(), tr.cfg.train.max_grad_norm)
             tr.optimizer.step()
@@ -259,7 +286,7 @@ def train_trials(trials: list[Trial], log=print) -> list[dict]:
         if crossed(prev, step, t.log_every) or step == total_steps:
             check_finite(step)
             now = time.perf_counter()
-            train_losses = (window_loss / max(window_tokens, 1)).tolist()
+            train_losses = [x / max(window_tokens, 1) for x in dist.all_reduce_sums(window_loss.cpu().double())]
             for tr, loss in zip(active, train_losses):
                 tr.tracker.log_metrics({"train_loss": loss, "lr": tr.scheduler.get_last_lr()[0],
                                         "samples_per_s": (step - step_log) * t.batch_size / (now - t_log),
@@ -273,6 +300,7 @@ def train_trials(trials: list[Trial], log=print) -> list[dict]:
         epoch_end = crossed(prev, step, steps_per_epoch)
         if epoch_end:
             epoch = step // steps_per_epoch
+            sanity = dict(zip(sanity, map(int, dist.all_reduce_sums(list(sanity.values())))))
             data_metrics = {"data_truncated_pct": 100 * sanity["truncated"] / max(sanity["n"], 1),
                             "data_label_zero_pct": 100 * sanity["label_zero"] / max(sanity["n"], 1),
                             "data_avg_label_tokens": sanity["label_tokens"] / max(sanity["n"], 1)}
@@ -296,7 +324,7 @@ def train_trials(trials: list[Trial], log=print) -> list[dict]:
                 or (step == total_steps and t.run_golden_every != "never")):
             golden(step)
 
-    if bad_samples:
+    if bad_samples and main:
         for tr in active:
             tr.tracker.log_artifact(tr.out_dir / "bad_samples.jsonl")
     results = []
@@ -349,6 +377,8 @@ def write_metrics(tr: Trial, step: int, abl: dict, timing: dict, steps_per_epoch
     if abl and final:
         w = tr.cfg.sweep.score_weight
         metrics["score"] = final["eval_loss"] - w * (abl["delta_shuffle"] + abl["delta_zero"])
+    if not dist.is_main():
+        return metrics
     path = tr.out_dir / "metrics.json"
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(metrics, indent=1))

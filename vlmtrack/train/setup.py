@@ -12,12 +12,13 @@ import torch
 
 from vlmtrack.config import Config, ConfigError
 from vlmtrack.data.dataset import CaptionDataset, collate
+from vlmtrack.train import distributed as dist
 
 
 def device_and_dtype(cfg: Config) -> tuple[torch.device, torch.dtype]:
     t = cfg.train
     name = t.device if t.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
+    device = dist.device_for(name)
     precision = t.precision if t.precision != "auto" else ("bf16" if device.type == "cuda" else "fp32")
     return device, torch.bfloat16 if precision == "bf16" else torch.float32
 
@@ -69,28 +70,44 @@ def epoch_batches(order: list[int], batch_size: int, lengths: list[int] | None, 
     return out
 
 
+def rank_slice(batch: list[int], rank: int, world: int) -> list[int]:
+    """This rank's contiguous share of a global batch (sizes differ by at most one)."""
+    n = len(batch)
+    return batch[rank * n // world:(rank + 1) * n // world]
+
+
+def rank_shard(batches: list[list[int]], rank: int, world: int) -> list[list[int]]:
+    """Whole eval batches dealt round-robin: a batch is the same on any number of ranks, so are its losses."""
+    return batches[rank::world]
+
+
 def train_batches(dataset: CaptionDataset, batch_size: int, seed: int, start_step: int, pad_id: int,
-                  num_workers: int, pin: bool = False, lengths: list[int] | None = None):
+                  num_workers: int, pin: bool = False, lengths: list[int] | None = None,
+                  rank: int = 0, world: int = 1):
     """Batches forever from step `start_step` on; an epoch is num_train // batch_size steps. One loader
     serves every epoch, so its workers are started once, not at each epoch boundary (a small split at a
-    large batch has an epoch every few steps)."""
+    large batch has an epoch every few steps). With several ranks, each reads its slice of every global
+    batch: the global batches and steps are those of one rank, so a resume may change the rank count."""
     steps_per_epoch = len(dataset) // batch_size
     first_epoch, offset = divmod(start_step, steps_per_epoch)
 
     def order():
         for epoch in itertools.count(first_epoch):
             batches = epoch_batches(epoch_order(len(dataset), seed, epoch), batch_size, lengths, seed, epoch)
-            yield from batches[offset if epoch == first_epoch else 0:]
+            for batch in batches[offset if epoch == first_epoch else 0:]:
+                yield rank_slice(batch, rank, world)
 
     return iter(loader(dataset, order(), pad_id, num_workers, pin))
 
 
 def data_workers(setting: int, device: torch.device) -> int:
-    """-1 = sized to the machine: on CUDA every core but the one driving the GPU (at most 12); on CPU none,
-    since the training threads need the cores and decoding in the main process costs less than a worker."""
+    """-1 = sized to the machine: on CUDA every core but the one driving the GPU (at most 12; the cores
+    shared among the ranks of a torchrun host); on CPU none, since the training threads need the cores
+    and decoding in the main process costs less than a worker."""
     if setting >= 0:
         return setting
-    return min(12, max(0, (os.cpu_count() or 1) - 1)) if device.type == "cuda" else 0
+    cores = (os.cpu_count() or 1) // dist.world_size()
+    return min(12, max(0, cores - 1)) if device.type == "cuda" else 0
 
 
 def loader(dataset: CaptionDataset, batches, pad_id: int, num_workers: int, pin: bool = False):
