@@ -55,6 +55,11 @@ def load_image(image_root: Path, relpath: str) -> Image.Image:
         raise DataError(f"image '{relpath}' cannot be decoded: {e}") from None
 
 
+def pixel_values(image_processor, image_root: Path, relpath: str) -> torch.Tensor:
+    """[3, H, W] tower input for one image, as the processor prepares it."""
+    return image_processor(images=load_image(image_root, relpath), return_tensors="pt")["pixel_values"][0]
+
+
 def check_images(image_root: Path, relpaths: list[str]) -> list[str]:
     """Every image that will not decode, with the reason (used on the eval set before the split is used)."""
     bad = []
@@ -81,8 +86,7 @@ class CaptionDataset(torch.utils.data.Dataset):
         return len(self.positions)
 
     def pixels(self, relpath: str) -> torch.Tensor:
-        image = load_image(self.image_root, relpath)
-        return self.image_processor(images=image, return_tensors="pt")["pixel_values"][0]
+        return pixel_values(self.image_processor, self.image_root, relpath)
 
     def vision_input(self, relpath: str) -> dict:
         """Cached features when there is a cache (an image it could not read fails as decoding would)."""

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from vlmtrack.data.llava import DataError, Sample, SampleMeta
 from vlmtrack.data.split import Split, allocate
+from vlmtrack.files import write_jsonl
 
 
 def default_golden_path(dataset_name: str, size: int) -> Path:
@@ -55,8 +56,5 @@ def load_or_create_golden(path: Path, split: Split, metas: list[SampleMeta], sam
             raise DataError(f"golden set {path} has {len(items)} items, data.golden_counts asks for {sum(counts)}")
         return items
     items = build_golden(split, metas, samples, names, counts, seed)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text("".join(json.dumps(it) + "\n" for it in items))
-    tmp.replace(path)
+    write_jsonl(path, items)
     return items

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from vlmtrack.data.llava import DataError, SampleMeta
+from vlmtrack.files import write_json
 
 
 @dataclass
@@ -105,10 +106,7 @@ def save_split(split: Split, metas: list[SampleMeta], path: Path, params: dict) 
         ],
         "train_ids": [metas[i].id for i in split.train],
     }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(doc, indent=1))
-    tmp.replace(path)
+    write_json(path, doc)
 
 
 def load_split(path: Path, metas: list[SampleMeta], params: dict) -> Split:

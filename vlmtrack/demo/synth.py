@@ -5,12 +5,13 @@ levels of detail, so caption token lengths fill the short/medium/long buckets.
 """
 from __future__ import annotations
 
-import json
 import random
 from dataclasses import dataclass
 from pathlib import Path
 
 from PIL import Image, ImageDraw
+
+from vlmtrack.files import write_json
 
 # LLaVA's brief-description instructions (LLaVA-Pretrain's human turns).
 BRIEF_INSTRUCTIONS = [
@@ -148,7 +149,5 @@ def write_dataset(root: Path, num_samples: int, seed: int, image_size: int) -> P
         path.parent.mkdir(parents=True, exist_ok=True)
         render(scene, image_size).save(path, quality=95)
     json_path = root / "blip_laion_cc_sbu_demo.json"
-    tmp = json_path.with_suffix(".tmp")
-    tmp.write_text(json.dumps([r for r, _ in pairs], indent=1))
-    tmp.rename(json_path)
+    write_json(json_path, [r for r, _ in pairs])
     return json_path

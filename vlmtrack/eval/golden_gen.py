@@ -3,14 +3,14 @@ batched, no_grad, autocast, seeded sampling; one jsonl record per item."""
 from __future__ import annotations
 
 import hashlib
-import json
 from pathlib import Path
 
 import torch
 
-from vlmtrack.data.dataset import collate_prompts, load_image
+from vlmtrack.data.dataset import collate_prompts, pixel_values
 from vlmtrack.data.prompt import end_of_turn_id, expanded_prompt_ids
 from vlmtrack.eval.evaluate import autocast
+from vlmtrack.files import write_jsonl
 
 
 def generated_part(sequences: torch.Tensor, prompt_ids: torch.Tensor) -> torch.Tensor:
@@ -43,8 +43,7 @@ def generate_golden(backbone, connectors: list, golden: list[dict], human_by_id:
         prompts = [expanded_prompt_ids(tok, human_by_id[it["id"]], backbone.image_token_id, num_latents)
                    for it in items]
         ids, mask = collate_prompts(prompts, backbone.pad_id)
-        pixels = torch.stack([backbone.image_processor(images=load_image(image_root, it["image_relpath"]),
-                                                       return_tensors="pt")["pixel_values"][0] for it in items])
+        pixels = torch.stack([pixel_values(backbone.image_processor, image_root, it["image_relpath"]) for it in items])
         ids, mask, pixels = ids.to(device), mask.to(device), pixels.to(device)
         with autocast(device, dtype):
             features = backbone.vision_features(pixels)
@@ -69,8 +68,5 @@ def generate_golden(backbone, connectors: list, golden: list[dict], human_by_id:
 
 def write_golden(records: list[dict], out_dir: Path, step: int, size: int) -> Path:
     path = out_dir / "qual" / f"step_{step}_golden{size}.jsonl"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text("".join(json.dumps(r) + "\n" for r in records))
-    tmp.replace(path)
+    write_jsonl(path, records)
     return path

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from vlmtrack.data.dataset import load_image
+from vlmtrack.data.dataset import pixel_values
 from vlmtrack.data.llava import DataError, resolve_image
 
 CACHE_VERSION = 1
@@ -128,7 +128,9 @@ def open_or_build(folder: Path, image_root: Path, relpaths: list[str], backbone,
     by_hash, shards = _index(folder)
     missing = list(dict.fromkeys(h for h in hashes.values() if h and h not in by_hash))
     if missing:
-        first = {h: rel for rel, h in reversed(list(hashes.items())) if h}
+        first: dict[str, str] = {}  # each missing content is computed once, from its first file
+        for rel, h in hashes.items():
+            first.setdefault(h, rel)
         log(f"[cache] computing vision features of {len(missing)} image(s) into {folder}")
         done = _build_shard(folder, [first[h] for h in missing], missing, image_root, backbone, device,
                             batch_size, num_workers)
@@ -147,10 +149,9 @@ class _Images(torch.utils.data.Dataset):
 
     def __getitem__(self, i):
         try:
-            image = load_image(self.image_root, self.relpaths[i])
+            return i, pixel_values(self.image_processor, self.image_root, self.relpaths[i])
         except DataError:
             return i, None
-        return i, self.image_processor(images=image, return_tensors="pt")["pixel_values"][0]
 
 
 def _collate(items):

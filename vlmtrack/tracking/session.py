@@ -12,6 +12,7 @@ from pathlib import Path
 import torch
 
 from vlmtrack.config import Config
+from vlmtrack.files import write_json
 from vlmtrack.tracking.figures import ablation_bars, eval_loss_by_bucket
 from vlmtrack.tracking.mlflow_tracker import MlflowTracker
 
@@ -34,10 +35,7 @@ def record_attempt(cfg: Config, tracker: MlflowTracker) -> None:
     if cfg.train.resume_from and attempts:
         tracker.link_resumed(attempts[-1]["run_id"])
     attempts.append({"run_id": tracker.run_id, "resume_from": cfg.train.resume_from})
-    cfg.output_dir.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(attempts, indent=1))
-    tmp.replace(path)
+    write_json(path, attempts)
 
 
 @contextlib.contextmanager
@@ -72,9 +70,7 @@ def note_tracking_losses(path: Path, tracker) -> None:
         return
     doc = json.loads(path.read_text())
     doc["tracking_lost_metrics"] = lost
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(doc, indent=1))
-    tmp.replace(path)
+    write_json(path, doc)
 
 
 def log_summary(tracker, cfg: Config, metrics: dict) -> None:

@@ -3,7 +3,6 @@ single run is a set of one): vision features once per batch, the LLM once over t
 sequences, losses, optimizers, checkpoints and output directories per trial."""
 from __future__ import annotations
 
-import json
 import math
 import time
 from dataclasses import dataclass, field
@@ -19,6 +18,7 @@ from vlmtrack.data.pipeline import prepare_data
 from vlmtrack.eval.ablations import run_ablations
 from vlmtrack.eval.evaluate import autocast, batch_losses, evaluate
 from vlmtrack.eval.golden_gen import generate_golden, write_golden
+from vlmtrack.files import write_json, write_jsonl
 from vlmtrack.model.backbone import load_backbone
 from vlmtrack.model.connector import Connector
 from vlmtrack.model.feature_cache import store_for_run
@@ -344,12 +344,6 @@ def train_trials(trials: list[Trial], log=print) -> list[dict]:
     return results
 
 
-def write_jsonl(path: Path, rows: list[dict]) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    tmp.replace(path)
-
-
 def resume_path(trial: Trial) -> Path:
     given = trial.cfg.train.resume_from
     path = ckpt.latest_checkpoint(trial.out_dir) if given == "latest" else Path(given)
@@ -380,9 +374,7 @@ def write_metrics(tr: Trial, step: int, abl: dict, timing: dict, steps_per_epoch
     if not dist.is_main():
         return metrics
     path = tr.out_dir / "metrics.json"
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(metrics, indent=1))
-    tmp.replace(path)
+    write_json(path, metrics)
     tr.tracker.log_metrics({**stats, **budget, **({"score": metrics["score"]} if "score" in metrics else {})}, step)
     tr.tracker.log_artifact(path)
     if data.split.path:
