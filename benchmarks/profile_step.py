@@ -3,6 +3,7 @@ cache; connector; LLM over the stacked sequences; loss at label positions; backw
 synthetic tensors of the bench presets' shapes, timed per variant, then a torch.profiler table.
 
     python benchmarks/profile_step.py [--preset small] [--batch 128 256] [--compile]
+    python benchmarks/profile_step.py --graphs 6     # the CUDA-graph step of 6 connectors x 4, part by part
 """
 from __future__ import annotations
 
@@ -66,16 +67,83 @@ def timed(bb, b, vision_tokens, vision_dim, steps=20, compile_llm=False, k=1):
     return (time.perf_counter() - t0) / steps, warm, (bb, conn, opt, feats, ids, labels)
 
 
+def host_batch(b: int, vision_tokens: int, vision_dim: int):
+    from vlmtrack.data.dataset import Batch
+
+    ids, labels = (t.cpu() for t in batch(b))
+    feats = torch.randn(b, vision_tokens, vision_dim, dtype=torch.bfloat16).pin_memory()
+    n = (labels != -100).sum(1)
+    return Batch(ids, torch.ones_like(ids), labels, None, ["short"] * b, n, n, torch.zeros(b, dtype=torch.bool),
+                 [str(i) for i in range(b)], [""] * b, [], feats)
+
+
+def graph_parts(bb, k: int, vision_tokens: int, vision_dim: int, steps: int = 100) -> None:
+    """Per step of k connectors x 4 samples: the graph replay alone (GPU time), the host preparation, the
+    whole graphed micro-step, and the optimizer phase of the k trials (once per accumulation window)."""
+    from vlmtrack.train.graphed import GraphedSteps, static_inputs
+
+    conns = [Connector(vision_dim, bb.llm_dim, 64, 2, 8).cuda() for _ in range(k)]
+    opts = [torch.optim.AdamW(c.parameters(), lr=1e-4, fused=True) for c in conns]
+    graphs = GraphedSteps(bb, conns, torch.bfloat16, 64, log=print)
+    hb = host_batch(4, vision_tokens, vision_dim)
+    t0 = time.perf_counter()
+    assert graphs.step(hb, 52) is not None, graphs.failed
+    torch.cuda.synchronize()
+    capture = time.perf_counter() - t0
+
+    def per_step(fn) -> float:
+        fn()
+        torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        for _ in range(steps):
+            fn()
+        torch.cuda.synchronize()
+        return (time.perf_counter() - t0) / steps
+
+    (graph, _, _), = graphs.graphs.values()
+
+    def optimizer_phase():
+        for c, opt in zip(conns, opts):
+            torch.nn.utils.clip_grad_norm_(c.parameters(), 1.0)
+            opt.step()
+            opt.zero_grad(set_to_none=False)
+
+    print(f"| part ({k} connectors x 4 samples) | ms |")
+    print("|---|---|")
+    print(f"| capture (warm-up + record, once per shape) | {1000 * capture:.0f} |")
+    print(f"| graph replay alone (GPU) | {1000 * per_step(graph.replay):.2f} |")
+    print(f"| host preparation (static_inputs) | {1000 * per_step(lambda: static_inputs(bb, hb, 64)):.2f} |")
+    print(f"| graphed micro-step (preparation + copies + replay) | {1000 * per_step(lambda: graphs.step(hb, 52)):.2f} |")
+    print(f"| optimizer phase of {k} trials (clip, fused AdamW, zero) | {1000 * per_step(optimizer_phase):.2f} |",
+          flush=True)
+    from torch.profiler import ProfilerActivity, profile
+
+    inputs = {name: value.cuda() for name, value in static_inputs(bb, hb, 64).items()}
+    print(f"| the same step eagerly (no graph) | {1000 * per_step(lambda: graphs._forward_backward(inputs)):.2f} |",
+          flush=True)
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(3):
+            graphs._forward_backward(inputs)
+        torch.cuda.synchronize()
+    print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=12, max_name_column_width=70))
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--preset", default="small")
     ap.add_argument("--batch", type=int, nargs="+", default=[128, 256])
     ap.add_argument("--compile", action="store_true")
     ap.add_argument("--stacked", type=int, default=0, help="also time K connectors side by side at batch 4")
+    ap.add_argument("--graphs", type=int, default=0, help="only time the CUDA-graph step of K connectors x 4")
     args = ap.parse_args()
     preset = yaml.safe_load(PRESETS.read_text())[args.preset]
     v = preset["vision"]
     tokens, vdim = (v["image_size"] // v["patch_size"]) ** 2, v["hidden_size"]
+    if args.graphs:
+        for kernels in ("torch", "liger"):
+            print(f"\n### {kernels} kernels")
+            graph_parts(make(preset, kernels), args.graphs, tokens, vdim)
+        return
     print("| variant | batch | step s | samples/s | warm-up s |")
     print("|---|---|---|---|---|")
     last = None

@@ -78,6 +78,7 @@ class TrainConfig:
     log_every: int = 10
     resume_from: str = ""
     kernels: str = "auto"  # auto (liger-kernel on CUDA when installed) | liger | torch
+    cuda_graphs: str = "auto"  # auto (on CUDA below 64 sequences per step, where launches dominate) | on | off
 
 
 @dataclass
@@ -161,6 +162,8 @@ def _coerce(value, typ, where: str):
         except (TypeError, ValueError):
             raise ConfigError(f"{where}: expected a number, got {value!r}") from None
     if typ is str:
+        if isinstance(value, bool):  # YAML reads on/off (and yes/no) as booleans: the str fields mean on/off
+            return "on" if value else "off"
         if isinstance(value, (dict, list)):
             raise ConfigError(f"{where}: expected a string, got {value!r}")
         return "" if value is None else str(value)
@@ -245,14 +248,18 @@ def validate(cfg: Config) -> None:
             f"data.golden_counts {d.golden_counts} must have one count per bucket and sum to "
             f"data.golden_size={d.golden_size}"
         )
-    if d.on_bad_image not in ("skip", "fail"):
-        problems.append(f"data.on_bad_image must be skip or fail, got '{d.on_bad_image}'")
-    if d.feature_cache not in ("auto", "on", "off"):
-        problems.append(f"data.feature_cache must be auto, on or off, got '{d.feature_cache}'")
-    if t.kernels not in ("auto", "liger", "torch"):
-        problems.append(f"train.kernels must be auto, liger or torch, got '{t.kernels}'")
-    if d.split_mode not in ("stratified_len", "random"):
-        problems.append(f"data.split_mode must be stratified_len or random, got '{d.split_mode}'")
+    for name, value, choices in [
+        ("data.on_bad_image", d.on_bad_image, ("skip", "fail")),
+        ("data.feature_cache", d.feature_cache, ("auto", "on", "off")),
+        ("train.kernels", t.kernels, ("auto", "liger", "torch")),
+        ("train.cuda_graphs", t.cuda_graphs, ("auto", "on", "off")),
+        ("data.split_mode", d.split_mode, ("stratified_len", "random")),
+        ("train.precision", t.precision, ("auto", "bf16", "fp32")),
+        ("train.lr_schedule", t.lr_schedule, ("constant", "cosine")),
+        ("train.run_golden_every", t.run_golden_every, ("save", "epoch", "end", "never")),
+    ]:
+        if value not in choices:
+            problems.append(f"{name} must be {', '.join(choices[:-1])} or {choices[-1]}, got '{value}'")
     for name, v in [("data.eval_size", d.eval_size), ("data.max_seq_len", d.max_seq_len),
                     ("model.num_latents", m.num_latents), ("train.batch_size", t.batch_size),
                     ("train.gradient_accum", t.gradient_accum), ("eval.batch_size", e.batch_size),
@@ -265,12 +272,6 @@ def validate(cfg: Config) -> None:
         problems.append(f"train.lr must be positive, got {t.lr}")
     if t.weight_decay < 0:
         problems.append(f"train.weight_decay must be ≥ 0, got {t.weight_decay}")
-    if t.precision not in ("auto", "bf16", "fp32"):
-        problems.append(f"train.precision must be auto, bf16 or fp32, got '{t.precision}'")
-    if t.lr_schedule not in ("constant", "cosine"):
-        problems.append(f"train.lr_schedule must be constant or cosine, got '{t.lr_schedule}'")
-    if t.run_golden_every not in ("save", "epoch", "end", "never"):
-        problems.append(f"train.run_golden_every must be save, epoch, end or never, got '{t.run_golden_every}'")
     if t.full_eval_every not in ("epoch", "never") and not t.full_eval_every.isdigit():
         problems.append(f"train.full_eval_every must be epoch, never or a step count, got '{t.full_eval_every}'")
     if not 0 < t.progress_percent <= 1:

@@ -88,7 +88,8 @@ def flops_per_sample(preset: dict, seq: int = 99, label_tokens: int = 13) -> flo
 
 
 def bench_config(paths: dict, data: Path, out: Path, batch: int, steps: int, accum: int = 1,
-                 workers: int = 12, kernels: str = "torch", cache: str = "off", golden_batch: int = 8) -> Config:
+                 workers: int = 12, kernels: str = "torch", cache: str = "off", golden_batch: int = 8,
+                 graphs: str = "auto") -> Config:
     cfg = Config()
     cfg.data.eval_size = min(2000, len(json.loads(data.read_text())) // 2)
     if cfg.data.eval_size < 200:  # the CPU test's tiny data
@@ -101,7 +102,7 @@ def bench_config(paths: dict, data: Path, out: Path, batch: int, steps: int, acc
     t = cfg.train
     t.output_dir, t.batch_size, t.gradient_accum, t.train_steps = str(out), batch, accum, steps
     t.save_every, t.quick_eval_steps, t.run_golden_every, t.full_eval_every = 10**9, 0, "end", "never"
-    t.log_every, t.kernels = max(accum, 10), kernels
+    t.log_every, t.kernels, t.cuda_graphs = max(accum, 10), kernels, graphs
     cfg.eval.run_ablations = False
     cfg.eval.batch_size, cfg.eval.golden_batch_size = 256, golden_batch
     return cfg
@@ -182,13 +183,19 @@ def sweep_time(cfg: Config, steps: int, side_by_side: bool, log) -> tuple[float,
             trials.append(Trial(tc, JsonlTracker()))
     t0 = time.perf_counter()
     groups = [trials] if side_by_side else [[tr] for tr in trials]
-    step_s = []
+    step_s, parts = [], {"steps": 0.0, "full evals": 0.0, "golden": 0.0}
     for group in groups:
-        train_trials(group, log)
+        result = train_trials(group, log)[0]
         state = Path(group[0].out_dir) / "checkpoints" / f"step_{steps}" / "trainer_state.pt"
-        times = torch.load(state, weights_only=True)["timing"]["step_s"]
-        step_s += times[min(5, len(times) // 2):]  # past the warm-up
-    return time.perf_counter() - t0, statistics.mean(step_s)
+        timing = torch.load(state, weights_only=True)["timing"]
+        step_s += timing["step_s"][min(5, len(timing["step_s"]) // 2):]  # past the warm-up
+        parts["steps"] += sum(timing["step_s"])
+        parts["full evals"] += sum(timing["full_eval_s"])  # the checkpoint follows the last eval
+        parts["golden"] += result["budget"].get("golden_time_s", 0)
+    wall = time.perf_counter() - t0
+    parts["start-up, ablations, checkpoints"] = wall - sum(parts.values())
+    log("[bench] where the wall time went: " + ", ".join(f"{k} {v:.1f} s" for k, v in parts.items()))
+    return wall, statistics.mean(step_s)
 
 
 def main(preset: str = "small", images: int = 5000, batch: int = 512, steps: int = 40, sweep_steps: int = 2000,
@@ -220,8 +227,11 @@ def main(preset: str = "small", images: int = 5000, batch: int = 512, steps: int
     fused = "auto"  # liger-kernel on CUDA when installed; plain PyTorch elsewhere (the CPU test)
     if "baseline" in parts:
         add("HF-style: batch 4, full-vocab logits, .item() per step", hf_style_baseline(cfg("hf", 4, 0), 60, log))
-        add("vlmtrack: batch 4 x accum 4 (spec), torch kernels, live tower",
-            loop_throughput(cfg("spec", 4, 160, accum=4), 10, log))
+        add("vlmtrack: batch 4 x accum 4 (spec), torch kernels, live tower, eager",
+            loop_throughput(cfg("spec", 4, 160, accum=4, graphs="off"), 10, log))
+        if torch.cuda.is_available():  # on CPU the graphs' `auto` runs the eager step above again
+            add("vlmtrack: batch 4 x accum 4 (spec), live tower, CUDA graphs (+ liger where installed)",
+                loop_throughput(cfg("spec_graphs", 4, 160, accum=4, kernels="auto"), 10, log))
         add(f"vlmtrack: batch {batch}, torch kernels, live tower", loop_throughput(cfg("torch", batch, steps), 5, log))
     if "loop" in parts:
         add(f"vlmtrack: batch {batch}, fused kernels, live tower",

@@ -13,6 +13,7 @@ from transformers import AutoImageProcessor, AutoModel, AutoModelForCausalLM, Au
 from vlmtrack.data.prompt import IGNORE_INDEX, add_image_token
 
 VISION_MODES = ("correct", "shuffled", "zero", "noise")
+EVAL_LOGIT_ROWS = 4096  # label positions per chunk of eval logits: 4096 x Qwen3's 151,936 x fp32 = 2.5 GB
 
 
 class ModelLoadError(ValueError):
@@ -107,10 +108,55 @@ class Backbone:
         if self.fused_ce is not None:  # the logits at label positions are never materialised whole
             per_token = self.fused_ce(self.llm.lm_head.weight, hidden_at, targets[at]).float()
         else:
-            logits = self.llm.lm_head(hidden_at).float()
-            per_token = nn.functional.cross_entropy(logits, targets[at], reduction="none")
+            per_token = self._label_losses(hidden_at, targets[at])
         sums = torch.zeros(k * b, device=per_token.device, dtype=per_token.dtype).index_add_(0, rows, per_token)
         return sums.view(k, b)
+
+
+    def _label_losses(self, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """Per-token loss from the hidden states at label positions. Without autograd (eval: K connectors x
+        a large batch) the [tokens, vocab] logits are formed a chunk at a time, so memory stays bounded."""
+        chunk = max(len(targets), 1) if torch.is_grad_enabled() else EVAL_LOGIT_ROWS
+        parts = [nn.functional.cross_entropy(self.llm.lm_head(h).float(), t, reduction="none", ignore_index=IGNORE_INDEX)
+                 for h, t in zip(hidden.split(chunk), targets.split(chunk))]
+        return torch.cat(parts) if parts else hidden.new_zeros(0, dtype=torch.float32)
+
+    def static_token_losses(self, input_ids: torch.Tensor, image_at: torch.Tensor, label_at: torch.Tensor,
+                            targets: torch.Tensor, visual: torch.Tensor) -> torch.Tensor:
+        """token_losses with every shape fixed by its inputs (no boolean indexing, no host sync), so a CUDA
+        graph can capture it: image_at [B, num_latents] and label_at [B, M] are positions (`static_positions`),
+        targets [B, M] the labels there (IGNORE_INDEX where a row has fewer than M). Returns [K, B]."""
+        k, b = visual.shape[:2]
+        ids = input_ids.repeat(k, 1)
+        embeds = self.llm.get_input_embeddings()(ids.masked_fill(ids == self.image_token_id, self.pad_id))
+        width = embeds.shape[-1]
+        image_at = image_at.repeat(k, 1).unsqueeze(-1).expand(-1, -1, width)
+        embeds = embeds.scatter(1, image_at, visual.reshape(k * b, -1, width).to(embeds.dtype))
+        hidden = self.llm.model(inputs_embeds=embeds, use_cache=False).last_hidden_state
+        hidden_at = hidden.gather(1, label_at.repeat(k, 1).unsqueeze(-1).expand(-1, -1, width))
+        per_token = self._label_losses(hidden_at.flatten(0, 1), targets.repeat(k, 1).flatten())
+        return per_token.view(k, b, -1).sum(-1)
+
+
+def static_positions(input_ids: torch.Tensor, labels: torch.Tensor, image_token_id: int, num_latents: int,
+                     label_width: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(image_at [B, num_latents], label_at [B, label_width], targets [B, label_width]) for
+    static_token_losses: where the visual tokens go, which hidden states predict a label and that label.
+    Computed on the host, per batch, before the copy to the device."""
+    is_image = input_ids == image_token_id
+    if not bool((is_image.sum(1) == num_latents).all()):
+        raise ValueError(f"every row needs exactly {num_latents} image positions")
+    image_at = is_image.nonzero()[:, 1].view(-1, num_latents)
+    b = input_ids.shape[0]
+    label_at = torch.zeros(b, label_width, dtype=torch.long)
+    targets = torch.full((b, label_width), IGNORE_INDEX, dtype=torch.long)
+    for r in range(b):
+        at = (labels[r, 1:] != IGNORE_INDEX).nonzero()[:, 0]
+        if len(at) > label_width:
+            raise ValueError(f"row {r} has {len(at)} label tokens, more than label_width={label_width}")
+        label_at[r, : len(at)] = at
+        targets[r, : len(at)] = labels[r, 1:][at]
+    return image_at, label_at, targets
 
 
 def load_tokenizer(llm_path: str, trust_remote_code: bool = False):

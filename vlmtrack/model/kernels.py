@@ -13,13 +13,15 @@ FUSED_MIN_SEQUENCES = 64
 
 
 def use_fused_kernels(llm, device: torch.device, setting: str, log=print,
-                      sequences_per_step: int = FUSED_MIN_SEQUENCES):
+                      sequences_per_step: int = FUSED_MIN_SEQUENCES, graphed: bool = False):
     """Patches `llm` in place and returns the fused loss (lm_head weight, hidden, targets) -> per-token
     losses, or None for plain PyTorch. `auto` = liger on CUDA when installed and the LLM sees at least
-    FUSED_MIN_SEQUENCES sequences per forward."""
+    FUSED_MIN_SEQUENCES sequences per forward, or at any size when the step is a replayed CUDA graph: launches
+    then cost nothing, and the unfused norms, activations and rotations were most of the graph's GPU time
+    (6 x 4 sequences: 59 ms a step, two thirds of it elementwise kernels; docs/PERFORMANCE.md)."""
     if setting not in KERNEL_CHOICES:
         raise ValueError(f"train.kernels={setting!r}: use one of {', '.join(KERNEL_CHOICES)}")
-    launch_bound = sequences_per_step < FUSED_MIN_SEQUENCES
+    launch_bound = sequences_per_step < FUSED_MIN_SEQUENCES and not graphed
     if setting == "torch" or (setting == "auto" and (device.type != "cuda" or launch_bound)):
         return None
     if device.type != "cuda":

@@ -88,7 +88,10 @@ def sum_gradients(modules: list[torch.nn.Module]) -> None:
     flat = torch.cat([g.reshape(-1) for g in grads])
     dist.all_reduce(flat)
     for p, chunk in zip(params, flat.split([g.numel() for g in grads])):
-        p.grad = chunk.view_as(p).clone()
+        if p.grad is None:
+            p.grad = chunk.view_as(p).clone()
+        else:  # in place: a CUDA graph keeps adding into this tensor
+            p.grad.copy_(chunk.view_as(p))
 
 
 def barrier() -> None:

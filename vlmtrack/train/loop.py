@@ -26,6 +26,7 @@ from vlmtrack.model.kernels import use_fused_kernels
 from vlmtrack.tracking.base import Tracker
 from vlmtrack.train import checkpoint as ckpt
 from vlmtrack.train import distributed as dist
+from vlmtrack.train.graphed import GraphedSteps, use_cuda_graphs
 from vlmtrack.train.setup import (check_writable, chunks, data_workers, device_and_dtype, loader, lr_lambda,
                                   rank_shard, seeded_subset, train_batches)
 from vlmtrack.train.steptime import step_time_stats
@@ -97,7 +98,9 @@ def train_trials(trials: list[Trial], log=print) -> list[dict]:
     # frozen towers are stored in the compute dtype
     backbone = load_backbone(base.model.llm, base.model.vision, dtype, base.model.trust_remote_code).to(device)
     num_latents = base.model.num_latents
-    backbone.fused_ce = use_fused_kernels(backbone.llm, device, t.kernels, log, t.batch_size // world * len(trials))
+    sequences_per_step = t.batch_size // world * len(trials)
+    graphs_on = use_cuda_graphs(t.cuda_graphs, device, sequences_per_step)
+    backbone.fused_ce = use_fused_kernels(backbone.llm, device, t.kernels, log, sequences_per_step, graphs_on)
     workers, pin = data_workers(base.data.num_workers, device), device.type == "cuda"
     with dist.main_first():  # the split, golden set and feature cache are written once, by rank 0
         data = prepare_data(base, backbone.tokenizer, trials[0].out_dir)
@@ -250,6 +253,24 @@ def train_trials(trials: list[Trial], log=print) -> list[dict]:
                     f"{skipped[0]['reason']}")
             if n:
                 return b, int(tokens)
+    graphs: GraphedSteps | None = None
+
+    def micro_step(b, tokens: int) -> torch.Tensor:
+        """Adds the micro-batch's gradients, scaled by 1/tokens, and returns each connector's summed loss
+        [K]: replayed from a CUDA graph where that pays (train.cuda_graphs), else eagerly."""
+        nonlocal graphs
+        if graphs_on and not (graphs and graphs.failed):
+            if graphs is None or not graphs.serves(connectors()):  # the first step, or a trial failed
+                graphs = GraphedSteps(backbone, connectors(), dtype, num_latents, log)
+            losses = graphs.step(b, tokens)
+            if losses is not None:
+                return losses
+        b.to(device)
+        with autocast(device, dtype):
+            losses = batch_losses(backbone, connectors(), b).sum(1)  # [K]
+        (losses / max(tokens, 1)).sum().backward()
+        return losses.detach()
+
     window_tokens, sanity = 0, {"n": 0, "truncated": 0, "label_zero": 0, "label_tokens": 0}
     progress_every = max(1, round(total_steps * t.progress_percent))
     t_start, t_log, step_log = time.perf_counter(), time.perf_counter(), step
@@ -262,12 +283,9 @@ def train_trials(trials: list[Trial], log=print) -> list[dict]:
         for b in window:
             if not len(b):
                 continue
-            b.to(device)
-            with autocast(device, dtype):
-                losses = batch_losses(backbone, connectors(), b).sum(1)  # [K]
-            (losses / max(tokens, 1)).sum().backward()
-            nonfinite |= ~torch.isfinite(losses.detach())
-            window_loss += losses.detach().float()
+            losses = micro_step(b, tokens)
+            nonfinite |= ~torch.isfinite(losses)
+            window_loss += losses.float()
             sanity["n"] += len(b)
             sanity["truncated"] += int(b.truncated.sum())
             sanity["label_zero"] += int((b.num_supervised <= 1).sum())
@@ -278,7 +296,7 @@ def train_trials(trials: list[Trial], log=print) -> list[dict]:
             torch.nn.utils.clip_grad_norm_(tr.connector.parameters(), tr.cfg.train.max_grad_norm)
             tr.optimizer.step()
             tr.scheduler.step()
-            tr.optimizer.zero_grad(set_to_none=True)
+            tr.optimizer.zero_grad(set_to_none=graphs is None)  # a graph adds into the same .grad tensors
         prev, step = step, step + n_micro
         timing["step_s"].append(time.perf_counter() - t0)
         timing["data_wait_s"].append(t_data)
