@@ -100,7 +100,7 @@ def graph_parts(bb, k: int, vision_tokens: int, vision_dim: int, steps: int = 10
         torch.cuda.synchronize()
         return (time.perf_counter() - t0) / steps
 
-    (graph, _, _), = graphs.graphs.values()
+    (graph, *_), = graphs.graphs.values()
 
     def optimizer_phase():
         for c, opt in zip(conns, opts):

@@ -85,11 +85,16 @@ class Backbone:
     def vision_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
         return self.tower(pixel_values=pixel_values).last_hidden_state
 
-    def embed(self, input_ids: torch.Tensor, visual: torch.Tensor) -> torch.Tensor:
-        """Token embeddings with the image positions (num_latents per row) replaced by visual tokens."""
+    def embed(self, input_ids: torch.Tensor, visual: torch.Tensor, image_at: torch.Tensor | None = None) -> torch.Tensor:
+        """Token embeddings with the image positions (num_latents per row) replaced by visual tokens; the
+        positions are found from the ids, or given as image_at [B, num_latents] (fixed shapes, no host
+        sync: what a CUDA graph can capture)."""
         is_image = input_ids == self.image_token_id
         embeds = self.llm.get_input_embeddings()(input_ids.masked_fill(is_image, self.pad_id))
-        return embeds.masked_scatter(is_image.unsqueeze(-1), visual.to(embeds.dtype))
+        visual = visual.to(embeds.dtype)
+        if image_at is None:
+            return embeds.masked_scatter(is_image.unsqueeze(-1), visual)
+        return embeds.scatter(1, image_at.unsqueeze(-1).expand(-1, -1, embeds.shape[-1]), visual)
 
     def token_losses(self, input_ids: torch.Tensor, labels: torch.Tensor, visual: torch.Tensor) -> torch.Tensor:
         """Summed next-token loss per row. visual is [K, B, L, H] (K connectors); the LLM runs once
@@ -100,7 +105,7 @@ class Backbone:
         k, b = visual.shape[:2]
         ids = input_ids.repeat(k, 1)
         embeds = self.embed(ids, visual.reshape(k * b, *visual.shape[2:]))
-        hidden = self.llm.model(inputs_embeds=embeds).last_hidden_state
+        hidden = self.llm.model(inputs_embeds=embeds, use_cache=False).last_hidden_state  # training: no KV cache
         targets = labels[:, 1:].repeat(k, 1)
         at = targets != IGNORE_INDEX
         rows = at.nonzero()[:, 0]
@@ -111,7 +116,6 @@ class Backbone:
             per_token = self._label_losses(hidden_at, targets[at])
         sums = torch.zeros(k * b, device=per_token.device, dtype=per_token.dtype).index_add_(0, rows, per_token)
         return sums.view(k, b)
-
 
     def _label_losses(self, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """Per-token loss from the hidden states at label positions. Without autograd (eval: K connectors x
@@ -127,13 +131,9 @@ class Backbone:
         graph can capture it: image_at [B, num_latents] and label_at [B, M] are positions (`static_positions`),
         targets [B, M] the labels there (IGNORE_INDEX where a row has fewer than M). Returns [K, B]."""
         k, b = visual.shape[:2]
-        ids = input_ids.repeat(k, 1)
-        embeds = self.llm.get_input_embeddings()(ids.masked_fill(ids == self.image_token_id, self.pad_id))
-        width = embeds.shape[-1]
-        image_at = image_at.repeat(k, 1).unsqueeze(-1).expand(-1, -1, width)
-        embeds = embeds.scatter(1, image_at, visual.reshape(k * b, -1, width).to(embeds.dtype))
+        embeds = self.embed(input_ids.repeat(k, 1), visual.reshape(k * b, *visual.shape[2:]), image_at.repeat(k, 1))
         hidden = self.llm.model(inputs_embeds=embeds, use_cache=False).last_hidden_state
-        hidden_at = hidden.gather(1, label_at.repeat(k, 1).unsqueeze(-1).expand(-1, -1, width))
+        hidden_at = hidden.gather(1, label_at.repeat(k, 1).unsqueeze(-1).expand(-1, -1, hidden.shape[-1]))
         per_token = self._label_losses(hidden_at.flatten(0, 1), targets.repeat(k, 1).flatten())
         return per_token.view(k, b, -1).sum(-1)
 

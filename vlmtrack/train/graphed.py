@@ -64,11 +64,9 @@ class GraphedSteps:
         self.device = self.params[0].device
         self.inv_tokens = torch.zeros((), device=self.device)
         self.pool = torch.cuda.graph_pool_handle()
-        self.graphs: dict[tuple, tuple[torch.cuda.CUDAGraph, dict, torch.Tensor]] = {}
-        # pinned host copies of the small inputs: a copy from pageable memory may wait for the stream (the
-        # previous replay), pinned ones overlap it; the event says when the staging may be written again
-        self.staging: dict[tuple, dict[str, torch.Tensor]] = {}
-        self.copied = torch.cuda.Event()
+        # per shape: the graph, its device inputs, their pinned host staging, its [K] losses output
+        self.graphs: dict[tuple, tuple[torch.cuda.CUDAGraph, dict, dict, torch.Tensor]] = {}
+        self.copied = torch.cuda.Event()  # when the last step's staging may be written again
         self.failed: str | None = None
 
     def serves(self, connectors: list) -> bool:
@@ -90,6 +88,9 @@ class GraphedSteps:
 
     def _capture(self, host: dict[str, torch.Tensor]):
         inputs = {k: v.to(self.device) for k, v in host.items()}
+        # pinned copies of the inputs the loader did not pin: a copy from pageable memory may wait for the
+        # stream (the previous replay), a pinned one overlaps it
+        staging = {k: torch.empty(v.shape, dtype=v.dtype, pin_memory=True) for k, v in host.items() if not v.is_pinned()}
         for p in self.params:  # gradients must exist before capture, so backward adds into them in place
             if p.grad is None:
                 p.grad = torch.zeros_like(p)
@@ -107,7 +108,7 @@ class GraphedSteps:
         finally:
             for p, g in zip(self.params, saved):
                 p.grad.copy_(g)
-        return graph, inputs, losses
+        return graph, inputs, staging, losses
 
     def step(self, batch: Batch, tokens: int) -> torch.Tensor | None:
         """Adds this micro-batch's gradients (scaled by 1/tokens) into the connectors' `.grad` and returns
@@ -127,9 +128,7 @@ class GraphedSteps:
             self.log(f"[graphs] captured the step for {len(self.connectors)} connector(s), rows x length x "
                      f"label width = {host['input_ids'].shape[0]} x {host['input_ids'].shape[1]} x "
                      f"{host['label_at'].shape[1]}")
-        graph, inputs, losses = self.graphs[key]
-        staging = self.staging.setdefault(key, {k: torch.empty_like(v).pin_memory() for k, v in host.items()
-                                                if not v.is_pinned()})
+        graph, inputs, staging, losses = self.graphs[key]
         self.copied.synchronize()  # the last step's copies are done: its staging may be overwritten
         for name, value in host.items():
             if name in staging:
