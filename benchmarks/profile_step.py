@@ -4,6 +4,10 @@ synthetic tensors of the bench presets' shapes, timed per variant, then a torch.
 
     python benchmarks/profile_step.py [--preset small] [--batch 128 256] [--compile]
     python benchmarks/profile_step.py --graphs 6     # the CUDA-graph step of 6 connectors x 4, part by part
+    python benchmarks/profile_step.py --batch 256 --variants torch liger torch+compile liger+flash
+        # each variant: kernels (torch|liger), +compile (torch.compile of the LLM), +flash|+cudnn|+efficient
+        # (the SDPA backend forced for the whole step), +lengths (warm up on three sequence lengths);
+        # kernels `liger` with +compile = liger's fused linear cross-entropy only, as train.compile does
 """
 from __future__ import annotations
 
@@ -16,16 +20,18 @@ import yaml
 from vlmtrack.bench.run import PRESETS
 from vlmtrack.model.backbone import Backbone
 from vlmtrack.model.connector import Connector
-from vlmtrack.model.kernels import use_fused_kernels
+from vlmtrack.model.kernels import compile_body, use_fused_kernels
 
 
-def make(preset: dict, kernels: str):
+def make(preset: dict, kernels: str, compiled: bool = False):
     from transformers import Qwen3Config, Qwen3ForCausalLM
 
     with torch.device("cuda"):
         llm = Qwen3ForCausalLM(Qwen3Config(**preset["llm"])).to(torch.bfloat16).eval().requires_grad_(False)
     bb = Backbone(llm, None, None, None, image_token_id=151_000, pad_id=0)
-    bb.fused_ce = use_fused_kernels(llm, torch.device("cuda"), kernels, log=lambda *_: None)
+    bb.fused_ce = use_fused_kernels(llm, torch.device("cuda"), kernels, log=lambda *_: None, compiled=compiled)
+    if compiled:
+        bb.compiled_body = compile_body(llm)
     return bb
 
 
@@ -37,8 +43,15 @@ def batch(b: int, prompt=22, latents=64, label=13, vocab=150_000):
     return ids, labels
 
 
+SDPA_BACKEND = None  # set per variant: the SDPA backend forced for the step
+
+
 def step_fn(bb, conns, opts, feats, ids, labels):
-    with torch.autocast("cuda", dtype=torch.bfloat16):
+    from contextlib import nullcontext
+
+    from torch.nn.attention import sdpa_kernel
+
+    with torch.autocast("cuda", dtype=torch.bfloat16), (sdpa_kernel(SDPA_BACKEND) if SDPA_BACKEND else nullcontext()):
         visual = torch.stack([c(feats) for c in conns])
         loss = bb.token_losses(ids, labels, visual).sum()
     (loss / labels.numel()).backward()
@@ -48,14 +61,16 @@ def step_fn(bb, conns, opts, feats, ids, labels):
         opt.zero_grad(set_to_none=True)
 
 
-def timed(bb, b, vision_tokens, vision_dim, steps=20, compile_llm=False, k=1):
+def timed(bb, b, vision_tokens, vision_dim, steps=20, compile_llm=False, k=1, lengths=False):
     conn = [Connector(vision_dim, bb.llm_dim, 64, 2, 8).cuda() for _ in range(k)]
     opt = [torch.optim.AdamW(c.parameters(), lr=1e-4, fused=True) for c in conn]
-    if compile_llm:
-        bb.llm.model = torch.compile(bb.llm.model, dynamic=False)
+    if compile_llm and bb.compiled_body is None:
+        bb.compiled_body = compile_body(bb.llm)
     feats = torch.randn(b, vision_tokens, vision_dim, device="cuda", dtype=torch.bfloat16)
     ids, labels = batch(b)
     t0 = time.perf_counter()
+    for extra in ((8, 24) if lengths else ()):  # two more lengths first: a dynamic-shape compile covers all
+        step_fn(bb, conn, opt, feats, *batch(b, label=13 + extra))
     for _ in range(3):
         step_fn(bb, conn, opt, feats, ids, labels)
     torch.cuda.synchronize()
@@ -128,6 +143,29 @@ def graph_parts(bb, k: int, vision_tokens: int, vision_dim: int, steps: int = 10
     print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=12, max_name_column_width=70))
 
 
+def time_variants(preset: dict, variants: list[str], batches: list[int], tokens: int, vdim: int) -> None:
+    global SDPA_BACKEND
+    from torch.nn.attention import SDPBackend
+
+    backends = {"flash": SDPBackend.FLASH_ATTENTION, "cudnn": SDPBackend.CUDNN_ATTENTION,
+                "efficient": SDPBackend.EFFICIENT_ATTENTION}
+    print("| variant | batch | step s | samples/s | warm-up s | peak GiB |")
+    print("|---|---|---|---|---|---|")
+    for variant in variants:
+        kernels, *extras = variant.split("+")
+        SDPA_BACKEND = next((backends[e] for e in extras if e in backends), None)
+        bb = make(preset, kernels, compiled="compile" in extras)
+        for b in batches:
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats()
+            s, warm, _ = timed(bb, b, tokens, vdim, lengths="lengths" in extras)
+            peak = torch.cuda.max_memory_allocated() / 2**30
+            print(f"| {variant} | {b} | {s:.4f} | {b / s:.0f} | {warm:.1f} | {peak:.1f} |", flush=True)
+        del bb
+        torch.cuda.empty_cache()
+    SDPA_BACKEND = None
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--preset", default="small")
@@ -135,10 +173,13 @@ def main():
     ap.add_argument("--compile", action="store_true")
     ap.add_argument("--stacked", type=int, default=0, help="also time K connectors side by side at batch 4")
     ap.add_argument("--graphs", type=int, default=0, help="only time the CUDA-graph step of K connectors x 4")
+    ap.add_argument("--variants", nargs="+", help="time these variants at each --batch (see the docstring)")
     args = ap.parse_args()
     preset = yaml.safe_load(PRESETS.read_text())[args.preset]
     v = preset["vision"]
     tokens, vdim = (v["image_size"] // v["patch_size"]) ** 2, v["hidden_size"]
+    if args.variants:
+        return time_variants(preset, args.variants, args.batch, tokens, vdim)
     if args.graphs:
         for kernels in ("torch", "liger"):
             print(f"\n### {kernels} kernels")

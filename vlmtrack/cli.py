@@ -111,11 +111,12 @@ def _sweep(args) -> None:
 
 def _bench(args) -> None:
     from vlmtrack.bench.run import main as bench
-    from vlmtrack.tracking.mlflow_tracker import MlflowTracker
 
     rows, summary = bench(args.preset, args.images, args.batch, args.steps, args.sweep_steps, args.workers,
                           one_by_one_steps=args.one_by_one_steps, parts=args.parts)
     if not args.no_track:
+        from vlmtrack.tracking.mlflow_tracker import MlflowTracker
+
         tracker = MlflowTracker(experiment=args.experiment or "vlmtrack-bench", run_name=f"bench-{args.preset}")
         tracker.log_params({k: v for k, v in vars(args).items() if k != "func"})
         tracker.set_tags({"device": summary["device"]})
@@ -193,10 +194,11 @@ def build_parser() -> argparse.ArgumentParser:
                        help="steps of 4 samples per trial of the six-trial sweep, run whole side by side")
     bench.add_argument("--one-by-one-steps", type=int, default=200,
                        help="steps per trial the one-by-one sweep runs before extrapolating to --sweep-steps")
-    bench.add_argument("--parts", default="baseline,loop,sweep,one_by_one",
+    bench.add_argument("--parts", default="baseline,loop,tracked,sweep,one_by_one",
                        help="what to measure, comma-separated: baseline (HF-style, spec, torch kernels), loop "
-                            "(fused kernels, feature cache, MLflow tracking), sweep (six trials side by side), "
-                            "one_by_one (the six one after another, extrapolated)")
+                            "(fused kernels, live tower and feature cache), tracked (the cached run with MLflow "
+                            "tracking), compiled (train.compile=on, live and cached), sweep (six trials side by "
+                            "side), one_by_one (the six one after another, extrapolated)")
     bench.add_argument("--workers", type=int, default=12, help="data-loader worker processes")
     bench.add_argument("--experiment", default=None, help="MLflow experiment (default: vlmtrack-bench)")
     bench.add_argument("--no-track", action="store_true", help="print only, log nothing to MLflow")

@@ -79,6 +79,7 @@ class TrainConfig:
     resume_from: str = ""
     kernels: str = "auto"  # auto (liger-kernel on CUDA when installed) | liger | torch
     cuda_graphs: str = "auto"  # auto (on CUDA below 64 sequences per step, where launches dominate) | on | off
+    compile: str = "auto"  # auto (on CUDA from 64 sequences per step and 1,000 steps, not graphed) | on | off
 
 
 @dataclass
@@ -253,6 +254,7 @@ def validate(cfg: Config) -> None:
         ("data.feature_cache", d.feature_cache, ("auto", "on", "off")),
         ("train.kernels", t.kernels, ("auto", "liger", "torch")),
         ("train.cuda_graphs", t.cuda_graphs, ("auto", "on", "off")),
+        ("train.compile", t.compile, ("auto", "on", "off")),
         ("data.split_mode", d.split_mode, ("stratified_len", "random")),
         ("train.precision", t.precision, ("auto", "bf16", "fp32")),
         ("train.lr_schedule", t.lr_schedule, ("constant", "cosine")),

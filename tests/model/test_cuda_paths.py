@@ -1,5 +1,7 @@
 """The CUDA-only paths (liger-kernel's fused kernels, bf16 autocast, the mask-free causal attention)
 against the plain PyTorch path the CPU tests cover. Run on a GPU machine; skipped elsewhere."""
+import importlib.util
+
 import pytest
 import torch
 
@@ -110,3 +112,39 @@ def test_training_with_cuda_graphs_matches_eager_training(tiny_paths, tmp_path, 
         cfg.train.cuda_graphs, cfg.train.gradient_accum = mode, 2
         finals[mode] = loop.train(cfg, JsonlTracker(), log=lambda *_: None)["final_eval"]["eval_loss"]
     assert abs(finals["on"] - finals["off"]) < 2e-2 * finals["off"], finals
+
+
+def test_training_with_compiled_layers_matches_eager_training(tiny_paths, tmp_path, qwen3_restored):
+    """train.compile=on (compiled decoder and tower layers, liger's fused cross-entropy where installed)
+    against the eager loop, bf16 on CUDA."""
+    from tests.helpers.tiny_models import tiny_config
+    from vlmtrack.tracking.base import JsonlTracker
+    from vlmtrack.train import loop
+
+    finals = {}
+    for mode in ("off", "on"):
+        cfg = tiny_config(tiny_paths, tmp_path / mode)
+        cfg.train.cuda_graphs, cfg.train.compile = "off", mode
+        cfg.train.kernels = "liger" if importlib.util.find_spec("liger_kernel") else "torch"
+        finals[mode] = loop.train(cfg, JsonlTracker(), log=lambda *_: None)["final_eval"]["eval_loss"]
+    assert abs(finals["on"] - finals["off"]) < 2e-2 * finals["off"], finals
+
+
+def test_a_liger_run_leaves_later_plain_models_plain(tiny_paths, qwen3_restored):
+    """liger swaps Qwen3's modeling classes and RoPE process-wide: a later torch (or compiled) run in the
+    same process must get the plain modules, and the liger model keeps its kernels."""
+    pytest.importorskip("liger_kernel")
+    from transformers.models.qwen3 import modeling_qwen3
+
+    plain_rope, plain_norm = modeling_qwen3.apply_rotary_pos_emb, modeling_qwen3.Qwen3RMSNorm
+    cuda = torch.device("cuda")
+    fused = load_backbone(str(tiny_paths["llm"]), str(tiny_paths["vision"]), torch.bfloat16).to(cuda)
+    assert use_fused_kernels(fused.llm, cuda, "liger", log=lambda *_: None) is not None
+    assert modeling_qwen3.Qwen3RMSNorm is plain_norm, "classes go back at once"
+    assert modeling_qwen3.apply_rotary_pos_emb is not plain_rope, "the liger model still needs its RoPE"
+    later = load_backbone(str(tiny_paths["llm"]), str(tiny_paths["vision"]), torch.bfloat16).to(cuda)
+    assert use_fused_kernels(later.llm, cuda, "torch", log=lambda *_: None) is None
+    assert modeling_qwen3.apply_rotary_pos_emb is plain_rope
+    norm = later.llm.model.norm
+    assert type(norm) is plain_norm and "forward" not in vars(norm), "a plain model, no patched instance"
+    assert "forward" in vars(fused.llm.model.norm) or type(fused.llm.model.norm) is not plain_norm

@@ -26,7 +26,7 @@ def train_cmd(cfg_path, *overrides):
 def test_sigkill_then_resume(tiny_paths, tmp_path):
     env = dict(os.environ, MLFLOW_TRACKING_URI=f"sqlite:///{tmp_path}/mlflow.db")
     env.pop("MLFLOW_RUN_ID", None)
-    kw = dict(train_steps=48, save_every=4, log_every=2, quick_eval_steps=0, run_golden_every="never")
+    kw = dict(train_steps=96, save_every=4, log_every=2, quick_eval_steps=0, run_golden_every="never")
     full_cfg, kill_cfg = tiny_config(tiny_paths, tmp_path / "full", **kw), tiny_config(tiny_paths, tmp_path / "kill", **kw)
     dump_yaml(full_cfg, tmp_path / "full.yaml")
     dump_yaml(kill_cfg, tmp_path / "kill.yaml")
@@ -36,11 +36,12 @@ def test_sigkill_then_resume(tiny_paths, tmp_path):
     proc = subprocess.Popen(train_cmd(tmp_path / "kill.yaml"), env=env, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
     ckpts = tmp_path / "kill" / "checkpoints"
-    target = random.Random().choice([8, 12, 16, 20, 24])
+    target = random.Random().choice([8, 16, 24, 32, 40])
     deadline = time.time() + 300
     while not (ckpts / f"step_{target}").exists() and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.05)
-    time.sleep(random.random() * 0.5)  # somewhere inside a later step, perhaps inside a save
+        time.sleep(0.02)
+    time.sleep(random.random() * 0.2)  # somewhere inside a later step, perhaps inside a save
+    assert proc.poll() is None, f"the run ended before the kill (target step {target}): it needs more steps"
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert proc.returncode == -signal.SIGKILL

@@ -67,6 +67,7 @@ class Backbone:
     image_token_id: int
     pad_id: int
     fused_ce: object = None  # (lm_head weight, hidden, targets) -> per-token loss; None = plain PyTorch
+    compiled_body: object = None  # embeds -> hidden states through compiled layers (train.compile)
 
     @property
     def llm_dim(self) -> int:
@@ -105,7 +106,7 @@ class Backbone:
         k, b = visual.shape[:2]
         ids = input_ids.repeat(k, 1)
         embeds = self.embed(ids, visual.reshape(k * b, *visual.shape[2:]))
-        hidden = self.llm.model(inputs_embeds=embeds, use_cache=False).last_hidden_state  # training: no KV cache
+        hidden = self._body(embeds)
         targets = labels[:, 1:].repeat(k, 1)
         at = targets != IGNORE_INDEX
         rows = at.nonzero()[:, 0]
@@ -116,6 +117,14 @@ class Backbone:
             per_token = self._label_losses(hidden_at, targets[at])
         sums = torch.zeros(k * b, device=per_token.device, dtype=per_token.dtype).index_add_(0, rows, per_token)
         return sums.view(k, b)
+
+    def _body(self, embeds: torch.Tensor) -> torch.Tensor:
+        """The decoder's last hidden states, no KV cache. The training forward goes through the compiled
+        body where there is one; eval (no autograd, other batch sizes) and generation stay eager, so the
+        compile serves one kind of graph."""
+        if self.compiled_body is not None and torch.is_grad_enabled():
+            return self.compiled_body(embeds)
+        return self.llm.model(inputs_embeds=embeds, use_cache=False).last_hidden_state
 
     def _label_losses(self, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """Per-token loss from the hidden states at label positions. Without autograd (eval: K connectors x

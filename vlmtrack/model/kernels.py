@@ -3,6 +3,8 @@ model, and a fused linear cross-entropy that never materialises the [tokens, voc
 where liger-kernel is not installed, the plain PyTorch path runs (the one the tests cover)."""
 from __future__ import annotations
 
+import sys
+
 import torch
 
 KERNEL_CHOICES = ("auto", "liger", "torch")
@@ -13,7 +15,7 @@ FUSED_MIN_SEQUENCES = 64
 
 
 def use_fused_kernels(llm, device: torch.device, setting: str, log=print,
-                      sequences_per_step: int = FUSED_MIN_SEQUENCES, graphed: bool = False):
+                      sequences_per_step: int = FUSED_MIN_SEQUENCES, graphed: bool = False, compiled: bool = False):
     """Patches `llm` in place and returns the fused loss (lm_head weight, hidden, targets) -> per-token
     losses, or None for plain PyTorch. `auto` = liger on CUDA when installed and the LLM sees at least
     FUSED_MIN_SEQUENCES sequences per forward, or at any size when the step is a replayed CUDA graph: launches
@@ -23,6 +25,7 @@ def use_fused_kernels(llm, device: torch.device, setting: str, log=print,
         raise ValueError(f"train.kernels={setting!r}: use one of {', '.join(KERNEL_CHOICES)}")
     launch_bound = sequences_per_step < FUSED_MIN_SEQUENCES and not graphed
     if setting == "torch" or (setting == "auto" and (device.type != "cuda" or launch_bound)):
+        _unpatch_modeling(llm)  # an earlier liger run in this process leaves none of its kernels here
         return None
     if device.type != "cuda":
         raise ValueError("train.kernels=liger needs a CUDA device: use train.kernels=auto or torch on CPU")
@@ -35,8 +38,72 @@ def use_fused_kernels(llm, device: torch.device, setting: str, log=print,
                              "'vlmtrack[cuda]', or set train.kernels=torch") from None
         log("[kernels] liger-kernel not installed: plain PyTorch kernels (pip install 'vlmtrack[cuda]')")
         return None
+    if compiled:  # inductor fuses the norms, RoPE and SwiGLU itself (and liger's RMSNorm does not trace)
+        _unpatch_modeling(llm)
+        log("[kernels] liger-kernel: fused linear cross-entropy; norms, RoPE and SwiGLU fused by torch.compile")
+        return LigerFusedLinearCrossEntropyLoss(reduction="none")
     # the loss is ours (at label positions only), so liger's own model-forward loss is left off
+    module = sys.modules[type(llm).__module__]
+    _PRISTINE.setdefault(module.__name__, dict(vars(module)))
     _apply_liger_kernel_to_instance(model=llm, rope=True, rms_norm=True, swiglu=True, cross_entropy=False,
                                     fused_linear_cross_entropy=False)
+    # liger also swaps the modeling module's classes, process-wide; this model's modules are patched as
+    # instances, so the classes go back at once (models built later are plain). Its RoPE is a function the
+    # attention looks up at each call: that stays until a plain run undoes it.
+    _unpatch_modeling(llm, classes_only=True)
     log(f"[kernels] liger-kernel: fused RMSNorm, SwiGLU, RoPE and linear cross-entropy on {llm.config.model_type}")
     return LigerFusedLinearCrossEntropyLoss(reduction="none")
+
+
+_PRISTINE: dict[str, dict] = {}  # modeling module name -> its namespace before liger first patched it
+
+
+def _unpatch_modeling(llm, classes_only: bool = False) -> None:
+    """Puts back what liger replaced in `llm`'s modeling module (a no-op where it never patched)."""
+    module = sys.modules[type(llm).__module__]
+    for name, value in _PRISTINE.get(module.__name__, {}).items():
+        if getattr(module, name, None) is not value and (isinstance(value, type) or not classes_only):
+            setattr(module, name, value)
+
+
+# Measured on an H200 (docs/PERFORMANCE.md), small preset, batch 384, end to end: compiled layers take
+# 35-60 ms off a 0.3-0.4 s step (+10-14% samples/s) and cost ~10-30 s of compiling (one layer, then once
+# more for dynamic lengths and batch sizes), so they pay after a few hundred steps; `auto` waits for 1,000.
+COMPILE_MIN_STEPS = 1_000
+
+
+def use_compile(setting: str, device: torch.device, sequences_per_step: int, graphed: bool, total_steps: int) -> bool:
+    """`auto` = on CUDA from FUSED_MIN_SEQUENCES sequences per step and COMPILE_MIN_STEPS steps, when the
+    step is not a CUDA graph: there the step is compute-bound, and inductor's fused norms, RoPE and SwiGLU
+    (with no weight gradients for the frozen norms) beat liger's kernels. `on` compiles wherever it can."""
+    if setting == "auto":
+        return (device.type == "cuda" and sequences_per_step >= FUSED_MIN_SEQUENCES and not graphed
+                and total_steps >= COMPILE_MIN_STEPS)
+    return setting == "on" and not graphed
+
+
+def compile_body(llm):
+    """The decoder's training forward, embeddings in, last hidden states out, with every decoder layer
+    compiled (regional compilation: the layers share one code object, so one compile serves all of them,
+    in seconds rather than the minutes a whole-decoder graph takes). The compiled layers are swapped in for
+    the call only: eval and generation keep running the eager modules."""
+    model = llm.model
+    compiled = torch.nn.ModuleList(torch.compile(layer) for layer in model.layers)
+
+    def body(embeds: torch.Tensor) -> torch.Tensor:
+        eager = model.layers
+        model.layers = compiled
+        try:
+            return model(inputs_embeds=embeds, use_cache=False).last_hidden_state
+        finally:
+            model.layers = eager
+
+    return body
+
+
+def compile_tower(tower) -> None:
+    """Compiles the frozen vision tower's encoder layers in place (regional, as compile_body). The tower
+    only ever runs without autograd, so one kind of graph serves training, eval and the feature cache."""
+    layers = getattr(getattr(tower, "encoder", None), "layers", None)
+    for layer in layers if layers is not None else [tower]:
+        layer.compile()

@@ -22,7 +22,7 @@ from vlmtrack.files import write_json, write_jsonl
 from vlmtrack.model.backbone import load_backbone
 from vlmtrack.model.connector import Connector
 from vlmtrack.model.feature_cache import store_for_run
-from vlmtrack.model.kernels import use_fused_kernels
+from vlmtrack.model.kernels import compile_body, compile_tower, use_compile, use_fused_kernels
 from vlmtrack.tracking.base import Tracker
 from vlmtrack.train import checkpoint as ckpt
 from vlmtrack.train import distributed as dist
@@ -100,7 +100,6 @@ def train_trials(trials: list[Trial], log=print) -> list[dict]:
     num_latents = base.model.num_latents
     sequences_per_step = t.batch_size // world * len(trials)
     graphs_on = use_cuda_graphs(t.cuda_graphs, device, sequences_per_step)
-    backbone.fused_ce = use_fused_kernels(backbone.llm, device, t.kernels, log, sequences_per_step, graphs_on)
     workers, pin = data_workers(base.data.num_workers, device), device.type == "cuda"
     with dist.main_first():  # the split, golden set and feature cache are written once, by rank 0
         data = prepare_data(base, backbone.tokenizer, trials[0].out_dir)
@@ -121,6 +120,13 @@ def train_trials(trials: list[Trial], log=print) -> list[dict]:
         raise ValueError(f"train split has {len(train_set)} samples, fewer than train.batch_size={t.batch_size}")
     total_steps = t.train_steps or t.num_epochs * steps_per_epoch
     total_updates = math.ceil(total_steps / t.gradient_accum)
+    compiled = use_compile(t.compile, device, sequences_per_step, graphs_on, total_steps)
+    backbone.fused_ce = use_fused_kernels(backbone.llm, device, t.kernels, log, sequences_per_step, graphs_on, compiled)
+    if compiled:
+        backbone.compiled_body = compile_body(backbone.llm)
+        compile_tower(backbone.tower)
+        log("[compile] torch.compile of the LLM's decoder layers (training forward) and the vision tower's "
+            "(compiles at the first step)")
     # each rank evaluates its shard of the eval batches; evaluate() adds the ranks' sums up
     eval_batches = rank_shard(chunks(list(range(len(data.split.eval))), e.batch_size), rank, world)
     eval_set = dataset(data.split.eval)

@@ -1,0 +1,68 @@
+"""train.compile: the compiled decoder gives the eager step's losses and gradients (checked on CPU, where
+inductor compiles too), serves the training forward only, and is chosen where it pays."""
+import pytest
+import torch
+
+from tests.model.test_backbone import tiny_batch
+from tests.train.test_graphed import CAPTIONS
+from vlmtrack.config import ConfigError, load_config
+from vlmtrack.model.backbone import load_backbone
+from vlmtrack.model.connector import Connector
+from vlmtrack.model.kernels import COMPILE_MIN_STEPS, compile_body, compile_tower, use_compile
+
+
+@pytest.mark.slow
+def test_compiled_body_equals_the_eager_step_at_every_length(tiny_paths):
+    bb = load_backbone(str(tiny_paths["llm"]), str(tiny_paths["vision"]))
+    torch.manual_seed(0)
+    conns = [Connector(bb.vision_dim, bb.llm_dim, 4, 1, 2, vision_ln=ln) for ln in (False, True)]
+
+    def run(batch):
+        for c in conns:
+            c.zero_grad()
+        features = bb.vision_features(batch.pixel_values)
+        sums = bb.token_losses(batch.input_ids, batch.labels, torch.stack([c(features) for c in conns]))
+        sums.sum().backward()
+        return sums.detach(), [p.grad.clone() for c in conns for p in c.parameters()]
+
+    batches = [tiny_batch(bb, CAPTIONS), tiny_batch(bb, CAPTIONS[:1] * 3)]  # two sequence lengths
+    assert batches[0].input_ids.shape[1] != batches[1].input_ids.shape[1]
+    eager = [run(b) for b in batches]
+    bb.compiled_body = compile_body(bb.llm)
+    for batch, (losses, grads) in zip(batches, eager):
+        c_losses, c_grads = run(batch)
+        assert torch.allclose(c_losses, losses, atol=1e-4), (c_losses, losses)
+        for a, b in zip(c_grads, grads):
+            assert torch.allclose(a, b, atol=1e-4)
+    # eval (no autograd) takes the eager decoder: calls into the compiled one would count here
+    calls = []
+    bb.compiled_body = calls.append
+    with torch.no_grad():
+        features = bb.vision_features(batches[0].pixel_values)
+        bb.token_losses(batches[0].input_ids, batches[0].labels, conns[0](features)[None])
+    assert calls == []
+
+
+@pytest.mark.slow
+def test_compiled_tower_gives_the_eager_features(tiny_paths):
+    bb = load_backbone(str(tiny_paths["llm"]), str(tiny_paths["vision"]))
+    pixels = [tiny_batch(bb, CAPTIONS).pixel_values, tiny_batch(bb, CAPTIONS[:1]).pixel_values]
+    eager = [bb.vision_features(p) for p in pixels]
+    compile_tower(bb.tower)
+    assert all(hasattr(layer, "_compiled_call_impl") and layer._compiled_call_impl for layer in bb.tower.encoder.layers)
+    for p, e in zip(pixels, eager):  # two batch sizes
+        assert torch.allclose(bb.vision_features(p), e, atol=1e-5)
+
+
+def test_compile_is_chosen_where_it_pays():
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    long = COMPILE_MIN_STEPS
+    assert use_compile("auto", cuda, 256, graphed=False, total_steps=long)
+    assert not use_compile("auto", cuda, 256, graphed=False, total_steps=long - 1), "too short to pay back"
+    assert not use_compile("auto", cuda, 24, graphed=True, total_steps=long), "a CUDA graph serves"
+    assert not use_compile("auto", cpu, 256, graphed=False, total_steps=long)
+    assert use_compile("on", cpu, 4, graphed=False, total_steps=1) and not use_compile("off", cuda, 256, False, long)
+    assert not use_compile("on", cuda, 24, graphed=True, total_steps=1), "graphs and compile exclude each other"
+    with pytest.raises(ConfigError, match="train.compile must be auto, on or off, got 'yes please'"):
+        load_config(None, ["train.compile=yes please"])
+    assert load_config(None, ["train.compile=on"]).train.compile == "on"
