@@ -74,22 +74,50 @@ def test_caption_lengths_fill_every_bucket(tokenizer):
 
 
 def test_pretraining_sequences_match_the_product_format(tokenizer):
-    """Without words in the slot, a pretraining sequence is `encode_sample`'s with the slot as fillers."""
+    """With an empty slot and the caption as the answer, a pretraining sequence is `encode_sample`'s with
+    the slot as fillers; with words, the slot holds the scene's attribute words and nothing else."""
     enc = bundle.PretrainEncoder(tokenizer, num_latents=16)
     tok = copy.deepcopy(tokenizer)
     image_id = prompt.add_image_token(tok)
     rng = random.Random(0)
-    for record, scene in synth.sample_records(20, 3):
+    pairs = synth.sample_records(40, 3)
+    assert any(not scene.shapes for _, scene in pairs) and any(scene.shapes for _, scene in pairs)
+    for record, scene in pairs:
         human, gpt = (turn["value"] for turn in record["conversations"])
         ref = prompt.encode_sample(tok, human, gpt, image_id, num_latents=16, max_seq_len=512)
-        plain = enc.encode(record, scene, slot_words=False, rng=rng)
+        plain = enc.encode(record, scene, slot="empty", rng=rng, answer=gpt)
         assert plain.input_ids == [enc.filler_id if i == image_id else i for i in ref.input_ids]
         assert plain.labels == ref.labels and set(plain.slot_labels) == {prompt.IGNORE_INDEX}
-        words = enc.encode(record, scene, slot_words=True, rng=rng)
+        words = enc.encode(record, scene, slot="words", rng=rng)
         slot = [i for i, r in zip(words.input_ids, ref.input_ids) if r == image_id]
-        allowed = {t for w in synth.attribute_words(scene) for t in enc.word_ids(w)}
-        assert len(slot) == 16 and set(slot) <= allowed
+        if scene.shapes:
+            allowed = {t for w in synth.attribute_words(scene) for t in enc.word_ids(w)}
+            assert len(slot) == 16 and set(slot) <= allowed
+        else:  # a blank picture has no words to give: its slot stays empty
+            assert slot == [enc.filler_id] * 16
         assert words.labels == ref.labels
+        text = enc.encode(record, scene, slot="text", rng=rng)
+        assert image_id not in text.input_ids and enc.filler_id not in text.input_ids
+        assert [t for t in text.labels if t != prompt.IGNORE_INDEX] == [t for t in ref.labels if t != prompt.IGNORE_INDEX]
+
+
+def test_an_empty_slot_is_answered_as_a_blank_picture(tokenizer):
+    enc = bundle.PretrainEncoder(tokenizer, num_latents=16)
+    record, scene = next((r, s) for r, s in synth.sample_records(40, 3) if s.shapes)
+    empty = enc.encode(record, scene, slot="empty", rng=random.Random(0))
+    answer = [t for t in empty.labels if t != prompt.IGNORE_INDEX]
+    assert tokenizer.decode(answer[:-1]) == synth.BLANK_CAPTION and answer[-1] == enc.end_id
+
+
+def test_blank_pictures_are_one_colour_and_say_nothing():
+    pairs = synth.sample_records(400, 5)
+    blank = [(r, s) for r, s in pairs if not s.shapes]
+    assert 0.04 < len(blank) / len(pairs) < 0.13  # P_BLANK = 0.08
+    assert len({s.fill for _, s in blank}) == len(blank), "any colour, not the four backgrounds"
+    for record, scene in blank[:5]:
+        assert record["conversations"][1]["value"] == synth.BLANK_CAPTION and synth.attribute_words(scene) == []
+        assert len(synth.render(scene, 16).getcolors()) == 1
+    assert all(synth.BLANK_CAPTION != r["conversations"][1]["value"] for r, s in pairs if s.shapes)
 
 
 # ------------------------------------------------------------- the built bundle (one build, about a minute)
@@ -148,11 +176,14 @@ def test_lm_reads_the_slot(built):
     tok = AutoTokenizer.from_pretrained(built / "llm")
     lm = AutoModelForCausalLM.from_pretrained(built / "llm").eval()
     enc = bundle.PretrainEncoder(tok, num_latents=64)
-    pairs = synth.sample_records(64, 77)
+    pairs = [(r, s) for r, s in synth.sample_records(80, 77) if s.shapes]
     losses = {}
-    for words in (True, False):
+    for slot in ("words", "text", "empty"):  # each scores the record's own caption
         rng = random.Random(0)
-        batch = bundle.collate([enc.encode(r, s, slot_words=words, rng=rng) for r, s in pairs], tok.pad_token_id)
-        losses[words] = bundle.caption_loss(lm, batch)
-    assert losses[False] < 1.5, "a real (tiny) LM of the captions"
-    assert losses[True] < losses[False] - 0.15, losses
+        examples = [enc.encode(r, s, slot=slot, rng=rng, answer=r["conversations"][1]["value"]) for r, s in pairs]
+        losses[slot] = bundle.caption_loss(lm, bundle.collate(examples, tok.pad_token_id))
+    assert losses["text"] < 1.5, "a real (tiny) LM of the captions"
+    assert losses["words"] < losses["text"] - 0.15, losses
+    assert losses["empty"] > losses["text"] + 1.0, "after an empty slot a caption is far from the LM's answer"
+    blank = bundle.collate([enc.encode(r, s, slot="empty", rng=random.Random(0)) for r, s in pairs], tok.pad_token_id)
+    assert bundle.caption_loss(lm, blank) < 0.1, "an empty slot is answered as a blank picture"

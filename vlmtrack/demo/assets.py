@@ -8,7 +8,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-DEMO_VERSION = "v1"
+DEMO_VERSION = "v2"  # v2: blank pictures in the data, the LM answers an empty slot as blank
 DEMO_SEED = 0
 DEMO_SAMPLES = 6000
 DEMO_IMAGE_SIZE = 64
@@ -68,6 +68,8 @@ def fill_demo_defaults(cfg, log=print) -> None:
     assets = ensure_demo_assets(log=log)
     if not cfg.data.data_path:
         cfg.data.data_path, cfg.data.image_folder = str(assets.data_path), str(assets.image_folder)
+        # the golden file is named after the dataset: each demo version draws its own
+        cfg.data.dataset_name = cfg.data.dataset_name or f"{assets.data_path.stem}_{DEMO_VERSION}"
     if not cfg.model.llm:
         cfg.model.llm = str(assets.llm)
     if not cfg.model.vision:

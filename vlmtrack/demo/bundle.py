@@ -12,8 +12,17 @@ Why the LM is pretrained this way (design/DEMO.md): an LM trained on captions al
 before the caption, so a frozen copy ignores the visual tokens. This one sees sequences in exactly the
 product's format (chat template, the `<image>` placeholder expanded to `num_latents` positions, caption +
 `<|im_end|>` supervised). In most of them (`p_slot_words`) the slot is filled with the caption's attribute
-words (background, colours, shapes, sizes, positions) drawn at random, in the rest with `<|image_pad|>`: the
-LM learns to copy from the slot, and a connector then only has to write word-like embeddings into it.
+words (background, colours, shapes, sizes, positions) drawn at random: the LM learns to copy from the slot,
+and a connector then only has to write word-like embeddings into it. Some (`p_text_only`) have no slot at
+all (the LM of the captions alone); the rest have an empty slot (`<|image_pad|>` only), answered as a
+blank picture is captioned in the demo data (`synth.BLANK_CAPTION`).
+
+Why the empty slot: vision ablations. A connector fed all-zero features sees a picture whose patches are all
+alike, which to a tiny LM that copies well reads as some plain, confidently wrong picture, no worse than a
+shuffled one: zero < shuffled, by a seed's chance either way. The demo data holds blank pictures of any
+colour, captioned as having nothing in them, so the connector learns that patches all alike mean "nothing
+here" and writes what the LM answers as blank; zero features are such a picture, and the LM's blank answer
+is far from any caption (correct < shuffled < zero, on every seed tried).
 Measured with a throw-away connector (Perceiver resampler, 64 latents, 300-600 steps): a dense slot steers
 far better than the attribute words at a few places among fillers (after 700 steps at lr 3e-3, caption loss
 with words in the slot 0.26 vs 0.53 nats, filler 0.63; connector ablation gaps 0.15-0.37 vs 0.06-0.13), and
@@ -102,6 +111,8 @@ class BundleSettings:
     warmup_steps: int = 30
     weight_decay: float = 0.01
     p_slot_words: float = 0.7  # share of sequences whose slot holds the caption's attribute words
+    p_text_only: float = 0.15  # share with no slot at all (the instruction alone): the text-only caption LM
+    # the rest: an empty slot (fillers), answered as a blank picture is (synth.BLANK_CAPTION)
     slot_loss: bool = True  # also supervise the words inside the slot
     threads: int = 2
     # vision tower (SigLIP architecture)
@@ -194,6 +205,7 @@ class PretrainEncoder:
         self.filler_id = tokenizer.convert_tokens_to_ids(SLOT_FILLER)
         self.end_id = prompt.end_of_turn_id(tokenizer)
         self._prompts: dict[str, tuple[list[int], int]] = {}
+        self._text_prompts: dict[str, list[int]] = {}
         self._words: dict[str, list[int]] = {}
 
     def prompt_ids(self, human_text: str) -> tuple[list[int], int]:
@@ -204,6 +216,13 @@ class PretrainEncoder:
             at = ids.index(self._image_id)
             self._prompts[human_text] = (ids[:at] + [self.filler_id] * self.num_latents + ids[at + 1 :], at)
         return self._prompts[human_text]
+
+    def text_prompt_ids(self, human_text: str) -> list[int]:
+        """Prompt ids of the instruction alone: the `<image>` placeholder and its line break removed."""
+        if human_text not in self._text_prompts:
+            text = prompt.prompt_text(self.tokenizer, human_text.replace(prompt.IMAGE_TOKEN, "").strip("\n"))
+            self._text_prompts[human_text] = self.tokenizer(text, add_special_tokens=False)["input_ids"]
+        return self._text_prompts[human_text]
 
     def word_ids(self, word: str) -> list[int]:
         if word not in self._words:  # spelt as inside a caption: after a space
@@ -217,15 +236,26 @@ class PretrainEncoder:
             out += self.word_ids(rng.choice(words))
         return out[: self.num_latents]
 
-    def encode(self, record: dict, scene: synth.Scene, slot_words: bool, rng: random.Random) -> PretrainExample:
+    def encode(self, record: dict, scene: synth.Scene, slot: str, rng: random.Random,
+               answer: str | None = None) -> PretrainExample:
+        """`slot`: "words" (the scene's attribute words), "empty" (fillers) or "text" (no slot at all). The
+        answer is the record's caption, after an empty slot the blank-picture caption; `answer` replaces
+        either (held-out scoring)."""
         human, gpt = (turn["value"] for turn in record["conversations"])
-        prompt_ids, at = self.prompt_ids(human)
-        prompt_ids = list(prompt_ids)
+        if slot == "words" and not scene.shapes:  # a blank picture: nothing to put in the slot
+            slot = "empty"
+        if slot == "text":
+            prompt_ids = list(self.text_prompt_ids(human))
+        else:
+            prompt_ids, at = self.prompt_ids(human)
+            prompt_ids = list(prompt_ids)
         slot_labels = [prompt.IGNORE_INDEX] * len(prompt_ids)
-        if slot_words:
+        if slot == "words":
             prompt_ids[at : at + self.num_latents] = self.slot(synth.attribute_words(scene), rng)
             slot_labels[at + 1 : at + self.num_latents] = prompt_ids[at + 1 : at + self.num_latents]
-        target = self.tokenizer(gpt, add_special_tokens=False)["input_ids"] + [self.end_id]
+        if answer is None:
+            answer = synth.BLANK_CAPTION if slot == "empty" else gpt
+        target = self.tokenizer(answer, add_special_tokens=False)["input_ids"] + [self.end_id]
         ignore = [prompt.IGNORE_INDEX] * len(target)
         return PretrainExample(prompt_ids + target, [prompt.IGNORE_INDEX] * len(prompt_ids) + target, slot_labels + ignore)
 
@@ -312,7 +342,7 @@ def build_lm(tokenizer, num_latents: int, seed: int, settings: BundleSettings = 
             rng.shuffle(epoch)
             order += epoch
         idx, order = order[: s.batch_size], order[s.batch_size :]
-        examples = [encoder.encode(*pairs[i], slot_words=rng.random() < s.p_slot_words, rng=rng) for i in idx]
+        examples = [encoder.encode(*pairs[i], slot=_draw_slot(rng, s), rng=rng) for i in idx]
         batch = {k: v.to(device) for k, v in collate(examples, tokenizer.pad_token_id).items()}
         logits = model(input_ids=batch["input_ids"]).logits
         cap_sum, cap_n = _token_losses(logits, batch["labels"])
@@ -331,14 +361,27 @@ def build_lm(tokenizer, num_latents: int, seed: int, settings: BundleSettings = 
             log(f"  lm step {step:4d}  caption loss {caption_losses[-1]:.3f}  {time.perf_counter() - t0:.1f}s")
     model.eval().cpu()
 
-    # Held-out caption loss with the slot full of attribute words vs. fillers only.
     heldout = synth.sample_records(128, seed + _HELDOUT_DATA_SEED)
     stats = {"train_caption_loss_first": caption_losses[0], "train_caption_loss_last50": sum(caption_losses[-50:]) / 50}
-    for name, words in (("heldout_caption_loss_slot_words", True), ("heldout_caption_loss_slot_filler", False)):
-        hrng = random.Random(seed)
-        examples = [encoder.encode(r, sc, slot_words=words, rng=hrng) for r, sc in heldout]
-        stats[name] = caption_loss(model, collate(examples, tokenizer.pad_token_id))
+    stats.update({f"heldout_caption_loss_{k}": v for k, v in heldout_losses(model, encoder, heldout, seed).items()})
     return model, {k: round(v, 4) for k, v in stats.items()}
+
+
+def _draw_slot(rng: random.Random, s: BundleSettings) -> str:
+    u = rng.random()
+    return "words" if u < s.p_slot_words else "text" if u < s.p_slot_words + s.p_text_only else "empty"
+
+
+def heldout_losses(model, encoder: PretrainEncoder, pairs: list, seed: int) -> dict[str, float]:
+    """Caption loss with the attribute words in the slot, with no slot (text only) and with an empty slot
+    (the caption scored where the LM would rather say the picture is blank)."""
+    out = {}
+    for name, slot in (("slot_words", "words"), ("text_only", "text"), ("empty_slot", "empty")):
+        rng = random.Random(seed)
+        examples = [encoder.encode(r, sc, slot=slot, rng=rng, answer=r["conversations"][1]["value"])
+                    for r, sc in pairs]
+        out[name] = caption_loss(model, collate(examples, encoder.tokenizer.pad_token_id))
+    return out
 
 
 # ----------------------------------------------------------------------------------------------- vision
@@ -401,7 +444,8 @@ def _build(out_dir: Path, num_latents: int, image_size: int, seed: int, settings
     print(
         f"demo bundle: LM pretrained in {t2 - t1:.1f}s ({settings.steps} steps); held-out caption loss "
         f"{stats['heldout_caption_loss_slot_words']:.3f} with attribute words in the slot, "
-        f"{stats['heldout_caption_loss_slot_filler']:.3f} without"
+        f"{stats['heldout_caption_loss_text_only']:.3f} text only, {stats['heldout_caption_loss_empty_slot']:.3f} "
+        "with an empty slot"
     )
     vision, processor = build_vision(image_size, seed, settings)
     tokenizer.save_pretrained(out_dir / "llm")

@@ -42,6 +42,9 @@ POSITIONS = {
     "bottom left": (0.2, 0.8), "bottom": (0.5, 0.8), "bottom right": (0.8, 0.8),
 }
 COUNT_WORDS = {2: "two", 3: "three"}
+# Blank pictures: one uniform colour, any colour, and a caption that says there is nothing in it.
+P_BLANK = 0.08
+BLANK_CAPTION = "the picture is blank, there is nothing to describe."
 
 
 @dataclass(frozen=True)
@@ -57,16 +60,18 @@ class Scene:
     background: str
     shapes: tuple[Shape, ...]
     detail: int  # 0 terse, 1 with size and place, 2 with every attribute of every shape
+    fill: tuple[int, int, int] | None = None  # a blank picture's colour (it has no shapes)
 
 
 def sample_scene(rng: random.Random) -> Scene:
-    n = rng.choices([1, 2, 3], weights=[0.5, 0.3, 0.2])[0]
+    n = rng.choices([0, 1, 2, 3], weights=[P_BLANK, 0.5, 0.3, 0.2])[0]
     places = rng.sample(sorted(POSITIONS), n)
     shapes = tuple(
         Shape(rng.choice(sorted(COLOURS)), rng.choice(SHAPES), rng.choice(sorted(SIZES)), p) for p in places
     )
     detail = rng.choices([0, 1, 2], weights=[0.34, 0.33, 0.33])[0]
-    return Scene(rng.choice(sorted(BACKGROUNDS)), shapes, detail)
+    fill = tuple(rng.randrange(256) for _ in range(3)) if n == 0 else None
+    return Scene(rng.choice(sorted(BACKGROUNDS)), shapes, detail, fill)
 
 
 def _place(position: str) -> str:
@@ -75,6 +80,8 @@ def _place(position: str) -> str:
 
 def caption(scene: Scene) -> str:
     s = scene.shapes
+    if not s:
+        return BLANK_CAPTION
     if scene.detail == 0:
         if len(s) == 1:
             return f"a {s[0].colour} {s[0].shape} on {scene.background}"
@@ -93,6 +100,8 @@ def caption(scene: Scene) -> str:
 
 def attribute_words(scene: Scene) -> list[str]:
     """The words an image 'tells' a reader: what a caption can only know from the pixels."""
+    if not scene.shapes:  # a blank picture tells nothing
+        return []
     words = [scene.background]
     for x in scene.shapes:
         words += [x.colour, x.shape, x.size, *x.position.split()]
@@ -100,7 +109,7 @@ def attribute_words(scene: Scene) -> list[str]:
 
 
 def render(scene: Scene, size: int) -> Image.Image:
-    img = Image.new("RGB", (size, size), BACKGROUNDS[scene.background])
+    img = Image.new("RGB", (size, size), scene.fill or BACKGROUNDS[scene.background])
     draw = ImageDraw.Draw(img)
     for x in scene.shapes:
         cx, cy = (v * size for v in POSITIONS[x.position])
