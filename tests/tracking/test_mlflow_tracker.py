@@ -75,3 +75,19 @@ def test_attaches_to_the_run_mlflow_run_created(store, monkeypatch):
     tr.log_metrics({"y": 3.0}, 0)
     tr.finish()
     assert store.get_run(run_id).data.metrics["y"] == 3.0
+
+
+def test_a_nested_run_under_mlflow_run_is_new_and_beside_its_parent(store, monkeypatch):
+    """`mlflow run . -e sweep` sets MLFLOW_RUN_ID for the sweep's own run; each trial's tracker must open
+    a child run in the parent's experiment, not attach to the parent."""
+    exp = store.create_experiment("sweep-exp")
+    parent_id = store.create_run(exp).info.run_id
+    monkeypatch.setenv("MLFLOW_RUN_ID", parent_id)
+    parent = MlflowTracker(run_name="ignored")
+    child = MlflowTracker(run_name="trial000", parent_run_id=parent.run_id)
+    assert parent.run_id == parent_id and child.run_id != parent_id
+    child.log_params({"train.lr": 1e-3})
+    child.finish()
+    run = store.get_run(child.run_id)
+    assert run.info.experiment_id == exp and run.data.tags["mlflow.parentRunId"] == parent_id
+    assert run.data.params == {"train.lr": "0.001"} and store.get_run(parent_id).data.params == {}

@@ -42,11 +42,14 @@ class MlflowTracker:
         for name, value in HTTP_BOUNDS.items():
             os.environ.setdefault(name, value)
         self.client = MlflowClient(tracking_uri)
-        run_id = run_id or os.environ.get("MLFLOW_RUN_ID")
+        if not run_id and not parent_run_id:  # a nested run is always new, also under `mlflow run`
+            run_id = os.environ.get("MLFLOW_RUN_ID")
         if run_id:  # `mlflow run` created the run and passes it on: attach to it
             self.run_id = run_id
             self.client.update_run(run_id, status="RUNNING")
         else:
+            if not (experiment_id or experiment) and parent_run_id:  # beside its parent
+                experiment_id = self.client.get_run(parent_run_id).info.experiment_id
             exp_id = experiment_id or self._experiment_id(experiment)
             run_tags = dict(tags or {})
             if parent_run_id:
