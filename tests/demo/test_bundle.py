@@ -181,9 +181,9 @@ def test_lm_reads_the_slot(built):
     for slot in ("words", "text", "empty"):  # each scores the record's own caption
         rng = random.Random(0)
         examples = [enc.encode(r, s, slot=slot, rng=rng, answer=r["conversations"][1]["value"]) for r, s in pairs]
-        losses[slot] = bundle.caption_loss(lm, bundle.collate(examples, tok.pad_token_id))
+        losses[slot] = bundle.caption_loss(lm, examples, tok.pad_token_id)
     assert losses["text"] < 1.5, "a real (tiny) LM of the captions"
     assert losses["words"] < losses["text"] - 0.15, losses
     assert losses["empty"] > losses["text"] + 1.0, "after an empty slot a caption is far from the LM's answer"
-    blank = bundle.collate([enc.encode(r, s, slot="empty", rng=random.Random(0)) for r, s in pairs], tok.pad_token_id)
-    assert bundle.caption_loss(lm, blank) < 0.1, "an empty slot is answered as a blank picture"
+    blank = [enc.encode(r, s, slot="empty", rng=random.Random(0)) for r, s in pairs]
+    assert bundle.caption_loss(lm, blank, tok.pad_token_id) < 0.1, "an empty slot is answered as a blank picture"

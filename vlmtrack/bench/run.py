@@ -234,8 +234,6 @@ def main(preset: str = "small", images: int = 5000, batch: int = 512, steps: int
             add("vlmtrack: batch 4 x accum 4 (spec), live tower, CUDA graphs (+ liger where installed)",
                 loop_throughput(cfg("spec_graphs", 4, 160, accum=4, kernels="auto"), 10, log))
         add(f"vlmtrack: batch {batch}, torch kernels, live tower", loop_throughput(cfg("torch", batch, steps), 5, log))
-    # before the liger-patched rows: liger replaces Qwen3's RoPE, RMSNorm and MLP process-wide, and the
-    # compiled path wants the plain modules (inductor fuses them itself)
     if "compiled" in parts:  # compile warm-up happens in the skipped first steps; the wall time shows it
         add(f"vlmtrack: batch {batch}, compiled LLM + liger cross-entropy, live tower",
             loop_throughput(cfg("compiled", batch, steps, kernels=fused, compile="on", golden_batch=64), 5, log))

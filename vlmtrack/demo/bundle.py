@@ -281,10 +281,15 @@ def _token_losses(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Ten
 
 
 @torch.no_grad()
-def caption_loss(model, batch: dict[str, torch.Tensor]) -> float:
-    """Token-weighted caption (+ `<|im_end|>`) loss of a collated batch, as the product measures it."""
-    loss, n = _token_losses(model(input_ids=batch["input_ids"]).logits, batch["labels"])
-    return loss.item() / max(n, 1)
+def caption_loss(model, examples: list[PretrainExample], pad_id: int, chunk: int = 256) -> float:
+    """Token-weighted caption (+ `<|im_end|>`) loss of the examples, as the product measures it, collated
+    `chunk` at a time."""
+    total, tokens = 0.0, 0
+    for at in range(0, len(examples), chunk):
+        batch = collate(examples[at : at + chunk], pad_id)
+        loss, n = _token_losses(model(input_ids=batch["input_ids"]).logits, batch["labels"])
+        total, tokens = total + loss.item(), tokens + n
+    return total / max(tokens, 1)
 
 
 # --------------------------------------------------------------------------------------------------- LM
@@ -380,7 +385,7 @@ def heldout_losses(model, encoder: PretrainEncoder, pairs: list, seed: int) -> d
         rng = random.Random(seed)
         examples = [encoder.encode(r, sc, slot=slot, rng=rng, answer=r["conversations"][1]["value"])
                     for r, sc in pairs]
-        out[name] = caption_loss(model, collate(examples, encoder.tokenizer.pad_token_id))
+        out[name] = caption_loss(model, examples, encoder.tokenizer.pad_token_id)
     return out
 
 
