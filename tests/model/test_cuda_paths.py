@@ -148,3 +148,13 @@ def test_a_liger_run_leaves_later_plain_models_plain(tiny_paths, qwen3_restored)
     norm = later.llm.model.norm
     assert type(norm) is plain_norm and "forward" not in vars(norm), "a plain model, no patched instance"
     assert "forward" in vars(fused.llm.model.norm) or type(fused.llm.model.norm) is not plain_norm
+
+
+def test_the_training_loader_pins_its_batches(tiny_paths, tmp_path):
+    from tests.data.test_dataset import tiny_dataset
+    from vlmtrack.train.setup import loader
+
+    bb, ds = tiny_dataset(tiny_paths, tmp_path, dtype=torch.bfloat16, pixel_dtype=torch.bfloat16)
+    batch = next(iter(loader(ds, [[0, 1, 2, 3]], bb.pad_id, num_workers=1, pin=True)))
+    assert batch.input_ids.is_pinned() and batch.labels.is_pinned() and batch.pixel_values.is_pinned()
+    assert batch.pixel_values.dtype == torch.bfloat16

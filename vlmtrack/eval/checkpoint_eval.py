@@ -63,7 +63,8 @@ def load_checkpoint(uri: str, overrides: list[str] = ()) -> LoadedCheckpoint:
 def eval_dataset(lc: LoadedCheckpoint) -> CaptionDataset:
     b, d = lc.backbone, lc.data
     return CaptionDataset(d.samples, d.metas, d.split.eval, b.tokenizer, b.image_processor, d.image_root,
-                          b.image_token_id, lc.cfg.model.num_latents, lc.cfg.data.max_seq_len)
+                          b.image_token_id, lc.cfg.model.num_latents, lc.cfg.data.max_seq_len,
+                          pixel_dtype=b.tower_dtype)
 
 
 def ablation_batches(lc: LoadedCheckpoint) -> list[list[int]]:

@@ -74,6 +74,10 @@ class Backbone:
         return self.llm.get_input_embeddings().embedding_dim
 
     @property
+    def tower_dtype(self) -> torch.dtype:
+        return next(self.tower.parameters()).dtype
+
+    @property
     def vision_dim(self) -> int:
         return self.tower.config.hidden_size
 

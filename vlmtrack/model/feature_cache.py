@@ -141,15 +141,15 @@ def open_or_build(folder: Path, image_root: Path, relpaths: list[str], backbone,
 
 
 class _Images(torch.utils.data.Dataset):
-    def __init__(self, relpaths, image_root, image_processor):
-        self.relpaths, self.image_root, self.image_processor = relpaths, image_root, image_processor
+    def __init__(self, relpaths, image_root, image_processor, dtype):
+        self.relpaths, self.image_root, self.image_processor, self.dtype = relpaths, image_root, image_processor, dtype
 
     def __len__(self):
         return len(self.relpaths)
 
     def __getitem__(self, i):
         try:
-            return i, pixel_values(self.image_processor, self.image_root, self.relpaths[i])
+            return i, pixel_values(self.image_processor, self.image_root, self.relpaths[i], self.dtype)
         except DataError:
             return i, None
 
@@ -166,9 +166,10 @@ def _build_shard(folder: Path, relpaths: list[str], hashes: list[str], image_roo
     tmp = folder / f".{name}.bin.tmp"
     kept: list[int] = []
     shape = None
-    loader = torch.utils.data.DataLoader(_Images(relpaths, image_root, backbone.image_processor),
-                                         batch_size=batch_size, num_workers=num_workers, collate_fn=_collate)
-    dtype = next(backbone.tower.parameters()).dtype
+    dtype = backbone.tower_dtype
+    loader = torch.utils.data.DataLoader(_Images(relpaths, image_root, backbone.image_processor, dtype),
+                                         batch_size=batch_size, num_workers=num_workers, collate_fn=_collate,
+                                         pin_memory=device.type == "cuda")
     try:
         with open(tmp, "wb") as f:
             for index, pixels in loader:

@@ -112,7 +112,7 @@ def train_trials(trials: list[Trial], log=print) -> list[dict]:
     def dataset(positions, on_bad_image="fail"):
         return CaptionDataset(data.samples, data.metas, positions, backbone.tokenizer, backbone.image_processor,
                               data.image_root, backbone.image_token_id, num_latents, base.data.max_seq_len,
-                              on_bad_image, features)
+                              on_bad_image, features, backbone.tower_dtype)
 
     train_set = dataset(data.split.train, base.data.on_bad_image)
     steps_per_epoch = len(train_set) // t.batch_size

@@ -1,0 +1,52 @@
+import torch
+from torch.utils.data._utils.pin_memory import pin_memory
+
+from tests.helpers.tiny_models import tiny_config
+from vlmtrack.data.dataset import CaptionDataset, collate
+from vlmtrack.data.pipeline import prepare_data
+from vlmtrack.model.backbone import load_backbone
+
+
+def tiny_dataset(tiny_paths, tmp_path, dtype=torch.float32, pixel_dtype=torch.float32):
+    cfg = tiny_config(tiny_paths, tmp_path / "out")
+    bb = load_backbone(cfg.model.llm, cfg.model.vision, dtype)
+    data = prepare_data(cfg, bb.tokenizer, tmp_path / "out")
+    ds = CaptionDataset(data.samples, data.metas, data.split.eval[:4], bb.tokenizer, bb.image_processor,
+                        data.image_root, bb.image_token_id, 4, 512, pixel_dtype=pixel_dtype)
+    return bb, ds
+
+
+def test_the_loaders_pinning_reaches_every_tensor_of_a_batch(tiny_paths, tmp_path, monkeypatch):
+    """DataLoader(pin_memory=True) pins a custom batch type only through its own pin_memory(): without it
+    every copy to the GPU came from pageable memory. (CPU-only torch cannot pin, so pinning is recorded.)"""
+    bb, ds = tiny_dataset(tiny_paths, tmp_path)
+    batch = collate([ds[i] for i in range(4)], bb.pad_id)
+    pinned = []
+
+    def fake_pin(self):
+        out = self.clone()
+        pinned.append(out)
+        return out
+
+    monkeypatch.setattr(torch.Tensor, "pin_memory", fake_pin)
+    fields = {name: getattr(batch, name) for name in ("input_ids", "attention_mask", "labels", "pixel_values")}
+    out = pin_memory(batch)
+    assert out is batch and batch.features is None
+    for name, before in fields.items():
+        after = getattr(out, name)
+        assert any(after is p for p in pinned), f"{name} was not pinned"
+        assert torch.equal(after, before)
+    assert len(pinned) == 4 and out.ids == batch.ids and out.bucket == batch.bucket
+
+
+def test_pixels_in_the_towers_dtype_give_the_towers_same_output(tiny_paths, tmp_path):
+    """A bf16 tower casts its input to bf16 first: the workers casting it instead halve the bytes copied
+    and change no feature."""
+    bb, wide = tiny_dataset(tiny_paths, tmp_path, dtype=torch.bfloat16)
+    _, narrow = tiny_dataset(tiny_paths, tmp_path / "b", dtype=torch.bfloat16, pixel_dtype=bb.tower_dtype)
+    px32 = collate([wide[i] for i in range(4)], bb.pad_id).pixel_values
+    px16 = collate([narrow[i] for i in range(4)], bb.pad_id).pixel_values
+    assert bb.tower_dtype == torch.bfloat16
+    assert px32.dtype == torch.float32 and px16.dtype == torch.bfloat16
+    assert torch.equal(px16, px32.to(torch.bfloat16))
+    assert torch.equal(bb.vision_features(px16), bb.vision_features(px32))
