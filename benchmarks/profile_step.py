@@ -6,7 +6,9 @@ synthetic tensors of the bench presets' shapes, timed per variant, then a torch.
     python benchmarks/profile_step.py --graphs 6     # the CUDA-graph step of 6 connectors x 4, part by part
     python benchmarks/profile_step.py --batch 256 --variants torch liger torch+compile liger+flash
         # each variant: kernels (torch|liger), +compile (torch.compile of the LLM), +flash|+cudnn|+efficient
-        # (the SDPA backend forced for the whole step), +lengths (warm up on three sequence lengths);
+        # (the SDPA backend forced for the whole step), +nocudnn (cuDNN attention off from the compile
+        # on: the backend is chosen when the graph is traced), +cconn (the connectors compiled too),
+        # +lengths (warm up on three sequence lengths);
         # kernels `liger` with +compile = liger's fused linear cross-entropy only, as train.compile does
 """
 from __future__ import annotations
@@ -20,7 +22,7 @@ import yaml
 from vlmtrack.bench.run import PRESETS
 from vlmtrack.model.backbone import Backbone
 from vlmtrack.model.connector import Connector
-from vlmtrack.model.kernels import compile_body, use_fused_kernels
+from vlmtrack.model.kernels import compile_body, compile_connector, use_fused_kernels
 
 
 def make(preset: dict, kernels: str, compiled: bool = False):
@@ -61,8 +63,9 @@ def step_fn(bb, conns, opts, feats, ids, labels):
         opt.zero_grad(set_to_none=True)
 
 
-def timed(bb, b, vision_tokens, vision_dim, steps=20, compile_llm=False, k=1, lengths=False):
+def timed(bb, b, vision_tokens, vision_dim, steps=20, compile_llm=False, k=1, lengths=False, compile_conn=False):
     conn = [Connector(vision_dim, bb.llm_dim, 64, 2, 8).cuda() for _ in range(k)]
+    conn = [compile_connector(c) for c in conn] if compile_conn else conn
     opt = [torch.optim.AdamW(c.parameters(), lr=1e-4, fused=True) for c in conn]
     if compile_llm and bb.compiled_body is None:
         bb.compiled_body = compile_body(bb.llm)
@@ -154,16 +157,19 @@ def time_variants(preset: dict, variants: list[str], batches: list[int], tokens:
     for variant in variants:
         kernels, *extras = variant.split("+")
         SDPA_BACKEND = next((backends[e] for e in extras if e in backends), None)
+        torch._dynamo.reset()  # each variant compiles afresh (a cached graph would keep the last one's kernels)
+        torch.backends.cuda.enable_cudnn_sdp("nocudnn" not in extras)
         bb = make(preset, kernels, compiled="compile" in extras)
         for b in batches:
             torch.cuda.empty_cache()
             torch.cuda.reset_peak_memory_stats()
-            s, warm, _ = timed(bb, b, tokens, vdim, lengths="lengths" in extras)
+            s, warm, _ = timed(bb, b, tokens, vdim, lengths="lengths" in extras, compile_conn="cconn" in extras)
             peak = torch.cuda.max_memory_allocated() / 2**30
             print(f"| {variant} | {b} | {s:.4f} | {b / s:.0f} | {warm:.1f} | {peak:.1f} |", flush=True)
         del bb
         torch.cuda.empty_cache()
     SDPA_BACKEND = None
+    torch.backends.cuda.enable_cudnn_sdp(True)
 
 
 def main():

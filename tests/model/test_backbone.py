@@ -1,3 +1,4 @@
+import pytest
 import torch
 
 from vlmtrack.data.dataset import collate
@@ -54,6 +55,20 @@ def test_towers_frozen_only_connector_trains(tiny_paths):
     assert not any(p.requires_grad for p in bb.llm.parameters())
     assert not any(p.requires_grad for p in bb.tower.parameters())
     assert not bb.llm.training and not bb.tower.training
+
+
+def test_the_towers_unused_pooling_head_is_not_run(tiny_paths, monkeypatch):
+    from transformers import AutoModel
+
+    bb = load_backbone(str(tiny_paths["llm"]), str(tiny_paths["vision"]))
+    full = AutoModel.from_pretrained(str(tiny_paths["vision"]))
+    full = getattr(full, "vision_model", full).eval()
+    assert full.use_head and not bb.tower.use_head
+    pixels = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        expected = full(pixel_values=pixels).last_hidden_state
+    monkeypatch.setattr(type(bb.tower.head), "forward", lambda *a, **k: pytest.fail("pooling head ran"))
+    assert torch.equal(bb.vision_features(pixels), expected)
 
 
 def test_derangement_has_no_fixed_point():

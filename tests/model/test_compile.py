@@ -8,7 +8,7 @@ from tests.train.test_graphed import CAPTIONS
 from vlmtrack.config import ConfigError, load_config
 from vlmtrack.model.backbone import load_backbone
 from vlmtrack.model.connector import Connector
-from vlmtrack.model.kernels import COMPILE_MIN_STEPS, compile_body, compile_tower, use_compile
+from vlmtrack.model.kernels import COMPILE_MIN_STEPS, compile_body, compile_connector, compile_tower, use_compile
 
 
 @pytest.mark.slow
@@ -52,6 +52,29 @@ def test_compiled_tower_gives_the_eager_features(tiny_paths):
     assert all(hasattr(layer, "_compiled_call_impl") and layer._compiled_call_impl for layer in bb.tower.encoder.layers)
     for p, e in zip(pixels, eager):  # two batch sizes
         assert torch.allclose(bb.vision_features(p), e, atol=1e-5)
+
+
+@pytest.mark.slow
+def test_compiled_connector_trains_the_connectors_own_parameters(tiny_paths):
+    bb = load_backbone(str(tiny_paths["llm"]), str(tiny_paths["vision"]))
+    torch.manual_seed(0)
+    conn = Connector(bb.vision_dim, bb.llm_dim, 4, 1, 2, vision_ln=True)
+    features = bb.vision_features(tiny_batch(bb, CAPTIONS).pixel_values)
+    keys = list(conn.state_dict())
+
+    def grads(module):
+        conn.zero_grad()
+        out = module(features)
+        out.square().sum().backward()
+        return out.detach(), [p.grad.clone() for p in conn.parameters()]
+
+    eager_out, eager_grads = grads(conn)
+    compiled = compile_connector(conn)
+    for _ in range(2):
+        out, got = grads(compiled)
+        assert torch.allclose(out, eager_out, atol=1e-5)
+        assert all(torch.allclose(a, b, atol=1e-4) for a, b in zip(got, eager_grads))
+    assert list(compiled.parameters()) == list(conn.parameters()) and list(conn.state_dict()) == keys
 
 
 def test_compile_is_chosen_where_it_pays():

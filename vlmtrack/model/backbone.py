@@ -187,6 +187,8 @@ def load_backbone(llm_path: str, vision_path: str, dtype: torch.dtype = torch.fl
     llm = _from_pretrained(AutoModelForCausalLM, llm_path, "LLM", dtype=dtype, **remote)
     tower = _from_pretrained(AutoModel, vision_path, "vision tower", dtype=dtype, **remote)
     tower = getattr(tower, "vision_model", tower)  # SiglipModel / CLIPModel -> their vision tower
+    if getattr(tower, "use_head", False):  # SigLIP's attention-pooled output: computed, then never read
+        tower.use_head = False
     image_processor = _from_pretrained(AutoImageProcessor, vision_path, "image processor", **remote)
     for module in (llm, tower):
         module.eval()

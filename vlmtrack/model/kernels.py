@@ -103,7 +103,16 @@ def compile_body(llm):
 
 def compile_tower(tower) -> None:
     """Compiles the frozen vision tower's encoder layers in place (regional, as compile_body). The tower
-    only ever runs without autograd, so one kind of graph serves training, eval and the feature cache."""
+    only ever runs without autograd, so one kind of graph serves training, eval and the feature cache; it
+    sees their different batch sizes, so the graph is dynamic from the start (else the first eval and the
+    golden dump each paid a recompile: 10 s of the live regime's 11.9 s full eval on an H200)."""
     layers = getattr(getattr(tower, "encoder", None), "layers", None)
     for layer in layers if layers is not None else [tower]:
-        layer.compile()
+        layer.compile(dynamic=True)
+
+
+def compile_connector(connector):
+    """The connector's training forward, compiled (its norms, GELU and attention fused: 0.419 -> 0.402 s a
+    step at batch 768 on an H200). A wrapper that shares the connector's parameters: eval, ablations and
+    generation call the eager module, and checkpoints see the module's own state-dict keys."""
+    return torch.compile(connector)

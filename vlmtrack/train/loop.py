@@ -22,7 +22,7 @@ from vlmtrack.files import write_json, write_jsonl
 from vlmtrack.model.backbone import load_backbone
 from vlmtrack.model.connector import Connector
 from vlmtrack.model.feature_cache import store_for_run
-from vlmtrack.model.kernels import compile_body, compile_tower, use_compile, use_fused_kernels
+from vlmtrack.model.kernels import compile_body, compile_connector, compile_tower, use_compile, use_fused_kernels
 from vlmtrack.tracking.base import Tracker
 from vlmtrack.train import checkpoint as ckpt
 from vlmtrack.train import distributed as dist
@@ -47,6 +47,7 @@ class Trial:
     evals: list[dict] = field(default_factory=list)
     failed: str | None = None
     expected_hashes: tuple[str, str] | None = None  # (eval split, golden set) a sweep pins for all trials
+    train_forward: object = None  # the connector as the training step calls it (compiled under train.compile)
 
     @property
     def out_dir(self) -> Path:
@@ -142,6 +143,7 @@ def train_trials(trials: list[Trial], log=print) -> list[dict]:
         torch.manual_seed(tc.seed)
         trial.connector = Connector(backbone.vision_dim, backbone.llm_dim, m.num_latents, m.resampler_depth,
                                     m.resampler_heads, m.resampler_ffn_mult, m.vision_ln).to(device)
+        trial.train_forward = compile_connector(trial.connector) if compiled else trial.connector
         trial.optimizer = torch.optim.AdamW(trial.connector.parameters(), lr=tc.lr, weight_decay=tc.weight_decay,
                                             fused=device.type == "cuda")
         trial.scheduler = torch.optim.lr_scheduler.LambdaLR(
@@ -273,7 +275,7 @@ def train_trials(trials: list[Trial], log=print) -> list[dict]:
                 return losses
         b.to(device)
         with autocast(device, dtype):
-            losses = batch_losses(backbone, connectors(), b).sum(1)  # [K]
+            losses = batch_losses(backbone, [tr.train_forward for tr in active], b).sum(1)  # [K]
         (losses / max(tokens, 1)).sum().backward()
         return losses.detach()
 
