@@ -43,7 +43,8 @@ def generate_golden(backbone, connectors: list, golden: list[dict], human_by_id:
         prompts = [expanded_prompt_ids(tok, human_by_id[it["id"]], backbone.image_token_id, num_latents)
                    for it in items]
         ids, mask = collate_prompts(prompts, backbone.pad_id)
-        pixels = torch.stack([pixel_values(backbone.image_processor, image_root, it["image_relpath"]) for it in items])
+        pixels = torch.stack([pixel_values(backbone.image_processor, image_root, it["image_relpath"], backbone.tower_dtype)
+                              for it in items])
         ids, mask, pixels = ids.to(device), mask.to(device), pixels.to(device)
         with autocast(device, dtype):
             features = backbone.vision_features(pixels)
