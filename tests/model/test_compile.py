@@ -49,9 +49,26 @@ def test_compiled_tower_gives_the_eager_features(tiny_paths):
     pixels = [tiny_batch(bb, CAPTIONS).pixel_values, tiny_batch(bb, CAPTIONS[:1]).pixel_values]
     eager = [bb.vision_features(p) for p in pixels]
     compile_tower(bb.tower)
-    assert all(hasattr(layer, "_compiled_call_impl") and layer._compiled_call_impl for layer in bb.tower.encoder.layers)
+    assert all(hasattr(layer.forward, "_torchdynamo_orig_callable") for layer in bb.tower.encoder.layers)
     for p, e in zip(pixels, eager):  # two batch sizes
         assert torch.allclose(bb.vision_features(p), e, atol=1e-5)
+
+
+@pytest.mark.slow
+def test_the_compiled_tower_serves_every_batch_size_from_one_graph(tiny_paths):
+    """A batch the size of the tower's width (768 and SigLIP-base on the H200) once specialised the
+    graph to that batch: duck sizing gave the batch and hidden dims one symbol, and the hidden dim meets
+    the static weights. Every later batch size then recompiled (the first eval and golden dump)."""
+    bb = load_backbone(str(tiny_paths["llm"]), str(tiny_paths["vision"]))
+    width, size = bb.tower.config.hidden_size, bb.tower.config.image_size
+    compile_tower(bb.tower)
+    torch._dynamo.reset()
+    before = torch._dynamo.utils.counters["stats"]["unique_graphs"]
+    torch.manual_seed(0)
+    for batch in (width, 3, 5):
+        pixels = torch.randn(batch, 3, size, size)
+        assert bb.vision_features(pixels).shape[0] == batch
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] - before == 1
 
 
 @pytest.mark.slow

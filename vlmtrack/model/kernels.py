@@ -103,13 +103,21 @@ def compile_body(llm):
 
 def compile_tower(tower) -> None:
     """Compiles the frozen vision tower's encoder layers in place (regional, as compile_body). The tower
-    only ever runs without autograd, so one kind of graph serves training, eval and the feature cache; it
-    sees their different batch sizes, so the graph is dynamic from the start rather than recompiled at the
-    first eval and the first golden dump (H200, small preset, batch 768, live tower, together with the
-    pooling head left out: full eval 11.9 -> 9.9 s, golden-64 14.4 -> 9.4 s)."""
+    only ever runs without autograd, so one graph serves training, eval and the feature cache, whose batch
+    sizes differ: each layer's input is marked dynamic in the batch dimension alone. `dynamic=True` made
+    every input dim symbolic, and duck sizing then gave a batch as large as the tower's width the width's
+    symbol, which the static weights pin: batch 768 on SigLIP-base specialised the graph, and the first
+    eval and golden dump recompiled (H200, 2026-12-02)."""
     layers = getattr(getattr(tower, "encoder", None), "layers", None)
     for layer in layers if layers is not None else [tower]:
-        layer.compile(dynamic=True)
+        layer.forward = torch.compile(layer.forward)  # hooks stay eager: the mark lands before tracing
+        layer.register_forward_pre_hook(_batch_dim_dynamic, with_kwargs=True)
+
+
+def _batch_dim_dynamic(module, args, kwargs) -> None:
+    hidden = args[0] if args else kwargs.get("hidden_states")
+    if isinstance(hidden, torch.Tensor):
+        torch._dynamo.mark_dynamic(hidden, 0)
 
 
 def compile_connector(connector):
