@@ -50,3 +50,15 @@ def test_pixels_in_the_towers_dtype_give_the_towers_same_output(tiny_paths, tmp_
     assert px32.dtype == torch.float32 and px16.dtype == torch.bfloat16
     assert torch.equal(px16, px32.to(torch.bfloat16))
     assert torch.equal(bb.vision_features(px16), bb.vision_features(px32))
+
+
+def test_a_samples_vision_bytes_are_those_its_batch_carries(tiny_paths, tmp_path):
+    """What the loader's in-flight cap (train/setup.loader_sizing) counts a batch as."""
+    bb, wide = tiny_dataset(tiny_paths, tmp_path)
+    _, narrow = tiny_dataset(tiny_paths, tmp_path / "b", pixel_dtype=torch.bfloat16)
+    for ds in (wide, narrow):
+        pixels = collate([ds[i] for i in range(4)], bb.pad_id).pixel_values
+        assert ds.vision_bytes() * 4 == pixels.numel() * pixels.element_size()
+    assert narrow.vision_bytes() * 2 == wide.vision_bytes()
+    wide.image_processor = object()  # a processor that does not say its output size: no cap
+    assert wide.vision_bytes() == 0

@@ -46,6 +46,11 @@ def test_cached_features_are_the_towers_output_in_bf16_and_built_once(run_parts)
     assert shards(again.folder) == before and len(before) == 1
     clone = pickle.loads(pickle.dumps(store))
     assert clone._maps == {} and torch.equal(clone.get(rels[0]), store.get(rels[0]))
+    # the loader's in-flight cap sees a cached sample's true size
+    cached_ds = CaptionDataset(data.samples, data.metas, data.split.eval[:4], bb.tokenizer, bb.image_processor,
+                               data.image_root, bb.image_token_id, 4, 512, features=store)
+    features = collate([cached_ds[i] for i in range(4)], bb.pad_id).features
+    assert cached_ds.vision_bytes() * 4 == features.numel() * features.element_size()
 
 
 def test_cache_key_follows_the_processor_and_the_weights(run_parts, tiny_paths, tmp_path):

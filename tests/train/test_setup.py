@@ -2,7 +2,7 @@ import random
 
 import torch
 
-from vlmtrack.train.setup import data_workers, epoch_batches, epoch_order
+from vlmtrack.train.setup import IN_FLIGHT_BYTES, MAX_PREFETCH, data_workers, epoch_batches, epoch_order, loader, loader_sizing
 
 
 def test_length_grouped_batches_cover_the_epoch_and_pad_less():
@@ -26,3 +26,31 @@ def test_data_workers_are_sized_to_the_machine():
     assert data_workers(3, torch.device("cpu")) == 3
     assert data_workers(-1, torch.device("cpu")) == 0
     assert 0 <= data_workers(-1, torch.device("cuda")) <= 12
+
+
+def test_batches_in_flight_stay_under_the_byte_cap():
+    mb = 2**20
+    # so400m-384 features, batch 256 (430 MB): 56 in flight before, which stalled steps 5-12 on an H200
+    workers, prefetch = loader_sizing(14, 256 * 729 * 1152 * 2)
+    assert (workers, prefetch) == (9, 1) and workers * prefetch * 256 * 729 * 1152 * 2 <= IN_FLIGHT_BYTES
+    assert loader_sizing(14, 4 * mb) == (14, MAX_PREFETCH), "small batches keep the full prefetch"
+    assert loader_sizing(14, 200 * mb) == (14, 1), "20 slots: every worker, one batch each"
+    assert loader_sizing(14, 512 * mb) == (8, 1), "8 slots: fewer workers"
+    assert loader_sizing(4, 512 * mb) == (4, 2)
+    assert loader_sizing(14, 3 * IN_FLIGHT_BYTES) == (2, 1), "never fewer than two batches ahead"
+    assert loader_sizing(14, 0) == (14, MAX_PREFETCH), "unknown size: no cap"
+    assert loader_sizing(0, 10 * IN_FLIGHT_BYTES)[0] == 0, "no workers stays no workers"
+
+
+def test_the_loader_applies_the_sizing():
+    class Samples(torch.utils.data.Dataset):
+        def __len__(self):
+            return 8
+
+        def vision_bytes(self):
+            return IN_FLIGHT_BYTES // 16  # a batch of 4: a quarter of the cap
+
+    dl = loader(Samples(), [[0, 1, 2, 3]], 0, num_workers=6, batch_size=4)
+    assert (dl.num_workers, dl.prefetch_factor) == (4, 1)
+    dl = loader(Samples(), [[0, 1]], 0, num_workers=2, batch_size=2)
+    assert (dl.num_workers, dl.prefetch_factor) == (2, 4)

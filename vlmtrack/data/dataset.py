@@ -99,6 +99,23 @@ class CaptionDataset(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.positions)
 
+    def vision_bytes(self) -> int:
+        """Bytes of one sample's vision input as a batch carries it (cached features or pixel values);
+        0 where the processor does not say its output size."""
+        if self.features is not None:
+            if not self.features.shards:
+                return 0
+            _, tokens, dim = self.features.shards[0][1]
+            return tokens * dim * 2  # bf16
+        p = self.image_processor
+        size = p.crop_size if getattr(p, "do_center_crop", False) else getattr(p, "size", None)
+        height, width = (getattr(size, "height", None), getattr(size, "width", None)) if size is not None else (None, None)
+        if isinstance(size, dict):
+            height, width = size.get("height"), size.get("width")
+        if not (height and width):
+            return 0
+        return 3 * height * width * torch.empty(0, dtype=self.pixel_dtype).element_size()
+
     def pixels(self, relpath: str) -> torch.Tensor:
         return pixel_values(self.image_processor, self.image_root, relpath, self.pixel_dtype)
 

@@ -183,7 +183,8 @@ def train_trials(trials: list[Trial], log=print) -> list[dict]:
 
     def full_eval(at_step: int, sets=eval_batches, kind="eval") -> None:
         t0 = time.perf_counter()
-        sums = evaluate(backbone, connectors(), loader(eval_set, sets, backbone.pad_id, workers, pin), device, dtype)
+        batches = loader(eval_set, sets, backbone.pad_id, workers, pin, e.batch_size)
+        sums = evaluate(backbone, connectors(), batches, device, dtype)
         if kind == "eval":
             timing["full_eval_s"].append(time.perf_counter() - t0)
         for tr, s in zip(active, sums):
@@ -356,7 +357,8 @@ def train_trials(trials: list[Trial], log=print) -> list[dict]:
     results = []
     ablations = []
     if e.run_ablations and active:
-        ablations = run_ablations(backbone, connectors(), lambda: loader(eval_set, ablation, backbone.pad_id, workers, pin),
+        ablations = run_ablations(backbone, connectors(),
+                                  lambda: loader(eval_set, ablation, backbone.pad_id, workers, pin, e.batch_size),
                                   device, dtype, e.ablation_seed)
     for tr in trials:
         if tr.failed:
