@@ -109,12 +109,9 @@ class CaptionDataset(torch.utils.data.Dataset):
             return tokens * dim * 2  # bf16
         p = self.image_processor
         size = p.crop_size if getattr(p, "do_center_crop", False) else getattr(p, "size", None)
-        height, width = (getattr(size, "height", None), getattr(size, "width", None)) if size is not None else (None, None)
-        if isinstance(size, dict):
-            height, width = size.get("height"), size.get("width")
-        if not (height and width):
-            return 0
-        return 3 * height * width * torch.empty(0, dtype=self.pixel_dtype).element_size()
+        side = (lambda k: size.get(k)) if isinstance(size, dict) else (lambda k: getattr(size, k, None))
+        height, width = side("height"), side("width")
+        return 3 * height * width * self.pixel_dtype.itemsize if height and width else 0
 
     def pixels(self, relpath: str) -> torch.Tensor:
         return pixel_values(self.image_processor, self.image_root, relpath, self.pixel_dtype)
