@@ -2,7 +2,8 @@ import random
 
 import torch
 
-from vlmtrack.train.setup import IN_FLIGHT_BYTES, MAX_PREFETCH, data_workers, epoch_batches, epoch_order, loader, loader_sizing
+from vlmtrack.train.setup import (IN_FLIGHT_BYTES, MAX_PREFETCH, data_workers, epoch_batches, epoch_order, loader,
+                                  loader_sizing)
 
 
 def test_length_grouped_batches_cover_the_epoch_and_pad_less():
