@@ -17,3 +17,35 @@ def test_cpu_runs_plain_pytorch_and_liger_on_cpu_is_a_clear_error():
 def test_auto_keeps_plain_kernels_where_the_step_is_launch_bound():
     # a few sequences per step: plain PyTorch even on CUDA (no liger import is attempted)
     assert use_fused_kernels(torch.nn.Linear(2, 2), torch.device("cuda"), "auto", sequences_per_step=24) is None
+
+
+def test_the_llm_attends_without_cudnn_in_training_eval_and_generation(tiny_paths, tmp_path, monkeypatch):
+    """cuDNN attention plans each new shape anew (a new key length at every generated token): every
+    attention call of the LLM in a run (training steps, eval, golden dump) runs with that backend off; the
+    vision tower's (a few shapes a run) and the process's setting afterwards are torch's own."""
+    import traceback
+
+    import torch.nn.functional as F
+
+    from tests.helpers.tiny_models import tiny_config
+    from vlmtrack.tracking.base import JsonlTracker
+    from vlmtrack.train.loop import train
+
+    seen, sdpa = [], F.scaled_dot_product_attention
+
+    def recording(*args, **kwargs):
+        in_llm = any("modeling_qwen3" in frame.filename for frame in traceback.extract_stack())
+        seen.append((in_llm, torch.is_grad_enabled(), torch.backends.cuda.cudnn_sdp_enabled()))
+        return sdpa(*args, **kwargs)
+
+    monkeypatch.setattr(F, "scaled_dot_product_attention", recording)
+    cfg = tiny_config(tiny_paths, tmp_path / "out", train_steps=2, save_every=2, quick_eval_steps=0)
+    cfg.eval.run_ablations = False
+    assert torch.backends.cuda.cudnn_sdp_enabled()
+    result = train(cfg, JsonlTracker(), log=lambda *_: None)
+    assert result["budget"]["golden_time_s"] > 0 and result["budget"]["full_eval_time_s"] > 0
+    llm = [(grad, cudnn) for in_llm, grad, cudnn in seen if in_llm]
+    assert {grad for grad, _ in llm} == {True, False}  # training forwards, and no-grad eval and generation
+    assert not any(cudnn for _, cudnn in llm)
+    assert all(cudnn for in_llm, _, cudnn in seen if not in_llm) and len(llm) < len(seen)  # the tower's
+    assert torch.backends.cuda.cudnn_sdp_enabled()

@@ -11,6 +11,7 @@ from vlmtrack.data.dataset import collate_prompts, pixel_values
 from vlmtrack.data.prompt import end_of_turn_id, expanded_prompt_ids
 from vlmtrack.eval.evaluate import autocast
 from vlmtrack.files import write_jsonl
+from vlmtrack.model.kernels import llm_attention
 
 
 def generated_part(sequences: torch.Tensor, prompt_ids: torch.Tensor) -> torch.Tensor:
@@ -51,6 +52,7 @@ def generate_golden(backbone, connectors: list, golden: list[dict], human_by_id:
             visual = torch.stack([c(features) for c in connectors])
             k = len(connectors)
             embeds = backbone.embed(ids.repeat(k, 1), visual.reshape(-1, *visual.shape[2:]))
+        with autocast(device, dtype), llm_attention():  # a new key length at every token: no cuDNN plans
             sequences = backbone.llm.generate(
                 inputs_embeds=embeds, attention_mask=mask.repeat(k, 1), do_sample=ecfg.temperature > 0,
                 temperature=ecfg.temperature, top_p=ecfg.top_p, max_new_tokens=ecfg.max_new_tokens,

@@ -6,6 +6,7 @@ from __future__ import annotations
 import sys
 
 import torch
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 KERNEL_CHOICES = ("auto", "liger", "torch")
 # Measured on an H100 (docs/PERFORMANCE.md): liger's Triton kernels cost more to launch than PyTorch's,
@@ -125,3 +126,19 @@ def compile_connector(connector):
     step at batch 768 on an H200). A wrapper that shares the connector's parameters: eval, ablations and
     generation call the eager module, and checkpoints see the module's own state-dict keys."""
     return torch.compile(connector)
+
+
+# SDPA backends of the LLM's forwards (training, eval, generation): cuDNN's attention is left out. It builds
+# an execution plan for each new shape (~140 ms on an H200), and generation has a new key length at every
+# token: a process's first golden dump (64 x 64 new tokens, small preset) took 14.3 s with it, 2.6 s
+# without (later dumps 2.0-2.7 s either way; benchmarks/first_generate.py). Training and eval batches meet
+# a new padded length every few batches. Flash attention is as fast once planned (step alone, batch 768:
+# 0.4188 s against cuDNN's 0.4189 s). The vision tower keeps torch's choice: its shapes are fixed but for
+# the batch size, so it plans a few times per run. So does the CUDA-graph step, planned once per captured
+# shape: with flash attention its gradients no longer matched the same step run eagerly to 1e-3
+# (test_cuda_paths.py::test_cuda_graph_step_equals_the_eager_step, H200).
+LLM_ATTENTION = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
+
+
+def llm_attention():
+    return sdpa_kernel(LLM_ATTENTION)
