@@ -11,6 +11,7 @@ import json
 import subprocess
 import sys
 import time
+from contextlib import nullcontext
 
 import torch
 import yaml
@@ -20,8 +21,6 @@ from vlmtrack.bench.run import PRESETS
 
 def calls(preset: str, batch: int, new_tokens: int, backends: str, n: int = 3) -> list[float]:
     from transformers import Qwen3Config, Qwen3ForCausalLM
-
-    from contextlib import nullcontext
 
     from vlmtrack.model.kernels import llm_attention
 
