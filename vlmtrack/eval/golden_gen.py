@@ -52,12 +52,12 @@ def generate_golden(backbone, connectors: list, golden: list[dict], human_by_id:
             visual = torch.stack([c(features) for c in connectors])
             k = len(connectors)
             embeds = backbone.embed(ids.repeat(k, 1), visual.reshape(-1, *visual.shape[2:]))
-        with autocast(device, dtype), llm_attention():  # a new key length at every token: no cuDNN plans
-            sequences = backbone.llm.generate(
-                inputs_embeds=embeds, attention_mask=mask.repeat(k, 1), do_sample=ecfg.temperature > 0,
-                temperature=ecfg.temperature, top_p=ecfg.top_p, max_new_tokens=ecfg.max_new_tokens,
-                repetition_penalty=ecfg.repetition_penalty, eos_token_id=eot, pad_token_id=backbone.pad_id,
-            )
+            with llm_attention():  # a new key length at every token: no cuDNN plans
+                sequences = backbone.llm.generate(
+                    inputs_embeds=embeds, attention_mask=mask.repeat(k, 1), do_sample=ecfg.temperature > 0,
+                    temperature=ecfg.temperature, top_p=ecfg.top_p, max_new_tokens=ecfg.max_new_tokens,
+                    repetition_penalty=ecfg.repetition_penalty, eos_token_id=eot, pad_token_id=backbone.pad_id,
+                )
         new = generated_part(sequences, ids.repeat(k, 1)).cpu()
         for row in range(new.shape[0]):
             tokens = new[row].tolist()
