@@ -2,7 +2,7 @@ import torch
 from torch.utils.data._utils.pin_memory import pin_memory
 
 from tests.helpers.tiny_models import tiny_config
-from vlmtrack.data.dataset import CaptionDataset, collate
+from vlmtrack.data.dataset import CaptionDataset, collate, join_batches
 from vlmtrack.data.pipeline import prepare_data
 from vlmtrack.model.backbone import load_backbone
 
@@ -62,3 +62,23 @@ def test_a_samples_vision_bytes_are_those_its_batch_carries(tiny_paths, tmp_path
     assert narrow.vision_bytes() * 2 == wide.vision_bytes()
     wide.image_processor = object()  # a processor that does not say its output size: no cap
     assert wide.vision_bytes() == 0
+
+
+def test_joined_pieces_are_the_batch_collated_whole(tiny_paths, tmp_path):
+    """An eval batch loaded in pieces by several workers (train/setup.loader) is joined into the very batch
+    collating all its items gives: re-padded to the widest piece, every field in order."""
+    bb, ds = tiny_dataset(tiny_paths, tmp_path)
+    items = [ds[i] for i in range(4)]
+    widths = [len(it["input_ids"]) for it in items]
+    assert len(set(widths)) > 1, "the pieces must differ in width for the re-padding to be tested"
+    whole = collate(items, bb.pad_id)
+    bad = {"skipped": {"id": "x", "image_relpath": "x.jpg", "reason": "cannot be decoded"}}
+    pieces = [collate(items[:1], bb.pad_id), collate([bad], bb.pad_id), collate(items[1:], bb.pad_id)]
+    joined = join_batches(pieces, bb.pad_id)
+    for name in ("input_ids", "attention_mask", "labels", "pixel_values", "label_len", "num_supervised", "truncated"):
+        assert torch.equal(getattr(joined, name), getattr(whole, name)), name
+    assert joined.features is None
+    assert (joined.ids, joined.bucket, joined.image_relpaths) == (whole.ids, whole.bucket, whole.image_relpaths)
+    assert joined.skipped == [bad["skipped"]]
+    only_bad = join_batches([collate([bad], bb.pad_id), collate([bad], bb.pad_id)], bb.pad_id)
+    assert len(only_bad) == 0 and len(only_bad.skipped) == 2

@@ -158,3 +158,5 @@ def test_the_training_loader_pins_its_batches(tiny_paths, tmp_path):
     batch = next(iter(loader(ds, [[0, 1, 2, 3]], bb.pad_id, num_workers=1, pin=True)))
     assert batch.input_ids.is_pinned() and batch.labels.is_pinned() and batch.pixel_values.is_pinned()
     assert batch.pixel_values.dtype == torch.bfloat16
+    joined = next(iter(loader(ds, [[0, 1, 2, 3]], bb.pad_id, num_workers=2, pin=True, pieces=2)))
+    assert torch.equal(joined.pixel_values, batch.pixel_values) and joined.ids == batch.ids

@@ -2,8 +2,9 @@ import random
 
 import torch
 
-from vlmtrack.train.setup import (IN_FLIGHT_BYTES, MAX_PREFETCH, data_workers, epoch_batches, epoch_order, loader,
-                                  loader_sizing)
+from tests.data.test_dataset import tiny_dataset
+from vlmtrack.train.setup import (IN_FLIGHT_BYTES, MAX_PREFETCH, chunks, data_workers, epoch_batches, epoch_order,
+                                  eval_pieces, loader, loader_sizing)
 
 
 def test_length_grouped_batches_cover_the_epoch_and_pad_less():
@@ -55,3 +56,25 @@ def test_the_loader_applies_the_sizing():
     assert (dl.num_workers, dl.prefetch_factor) == (4, 1)
     dl = loader(Samples(), [[0, 1]], 0, num_workers=2, batch_size=2)
     assert (dl.num_workers, dl.prefetch_factor) == (2, 4)
+
+
+def test_an_eval_loader_in_pieces_gives_the_same_batches(tiny_paths, tmp_path):
+    """Pieces are decoded by several workers at once and joined in order: the batches are those of the
+    whole-batch loader, field by field, so eval losses do not depend on the number of workers."""
+    bb, ds = tiny_dataset(tiny_paths, tmp_path)
+    batches = chunks(list(range(len(ds))), 3) + [[3, 0]]
+    whole = list(loader(ds, batches, bb.pad_id, num_workers=0, batch_size=3))
+    pieced = list(loader(ds, batches, bb.pad_id, num_workers=2, batch_size=3, pieces=2))
+    assert len(pieced) == len(whole) == len(batches)
+    for a, b in zip(whole, pieced):
+        assert a.ids == b.ids
+        for name in ("input_ids", "attention_mask", "labels", "pixel_values", "num_supervised"):
+            assert torch.equal(getattr(a, name), getattr(b, name)), name
+
+
+def test_eval_batches_go_in_pieces_only_where_workers_decode_images():
+    assert eval_pieces(256, 14, decodes_images=True) == 8, "pieces of 32"
+    assert eval_pieces(256, 4, decodes_images=True) == 4, "no more pieces than workers"
+    assert eval_pieces(16, 14, decodes_images=True) == 1
+    assert eval_pieces(256, 14, decodes_images=False) == 1, "cached features load fast whole"
+    assert eval_pieces(256, 1, decodes_images=True) == 1 and eval_pieces(256, 0, decodes_images=True) == 1

@@ -173,6 +173,34 @@ def collate(items: list[dict], pad_id: int) -> Batch:
     )
 
 
+def join_batches(parts: list[Batch], pad_id: int) -> Batch:
+    """One batch from consecutive pieces of it, equal to collating all their items at once (re-padded to
+    the widest piece)."""
+    full = [b for b in parts if len(b)]
+    if len(full) < 2:
+        joined = full[0] if full else parts[0]
+        joined.skipped = [s for b in parts for s in b.skipped]
+        return joined
+    width = max(b.input_ids.shape[1] for b in full)
+
+    def cat(name: str, fill: int | None = None) -> torch.Tensor | None:
+        tensors = [getattr(b, name) for b in full]
+        if tensors[0] is None:
+            return None
+        if fill is not None:
+            tensors = [torch.nn.functional.pad(t, (0, width - t.shape[1]), value=fill) for t in tensors]
+        return torch.cat(tensors)
+
+    return Batch(
+        input_ids=cat("input_ids", pad_id), attention_mask=cat("attention_mask", 0),
+        labels=cat("labels", IGNORE_INDEX), pixel_values=cat("pixel_values"), features=cat("features"),
+        bucket=[x for b in full for x in b.bucket], label_len=cat("label_len"),
+        num_supervised=cat("num_supervised"), truncated=cat("truncated"),
+        ids=[x for b in full for x in b.ids], image_relpaths=[x for b in full for x in b.image_relpaths],
+        skipped=[s for b in parts for s in b.skipped],
+    )
+
+
 def collate_prompts(prompts: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Left-padded prompts for generation, so every row's next token follows its own last prompt token."""
     width = max(len(p) for p in prompts)

@@ -27,8 +27,8 @@ from vlmtrack.tracking.base import Tracker
 from vlmtrack.train import checkpoint as ckpt
 from vlmtrack.train import distributed as dist
 from vlmtrack.train.graphed import GraphedSteps, use_cuda_graphs
-from vlmtrack.train.setup import (check_writable, chunks, data_workers, device_and_dtype, loader, lr_lambda,
-                                  rank_shard, seeded_subset, train_batches)
+from vlmtrack.train.setup import (check_writable, chunks, data_workers, device_and_dtype, eval_pieces, loader,
+                                  lr_lambda, rank_shard, seeded_subset, train_batches)
 from vlmtrack.train.steptime import step_time_stats
 
 
@@ -135,6 +135,11 @@ def train_trials(trials: list[Trial], log=print) -> list[dict]:
                        rank, world)
     ablation = rank_shard(chunks(seeded_subset(list(range(len(eval_set))), e.ablation_samples, e.ablation_seed),
                                  e.batch_size), rank, world)
+    pieces = eval_pieces(e.batch_size, workers, features is None)
+
+    def eval_loader(sets):
+        return loader(eval_set, sets, backbone.pad_id, workers, pin, e.batch_size, pieces)
+
     human_by_id = {s.id: s.human for s in data.samples}
     towers = {"llm": base.model.llm, "vision": base.model.vision}
 
@@ -183,8 +188,7 @@ def train_trials(trials: list[Trial], log=print) -> list[dict]:
 
     def full_eval(at_step: int, sets=eval_batches, kind="eval") -> None:
         t0 = time.perf_counter()
-        batches = loader(eval_set, sets, backbone.pad_id, workers, pin, e.batch_size)
-        sums = evaluate(backbone, connectors(), batches, device, dtype)
+        sums = evaluate(backbone, connectors(), eval_loader(sets), device, dtype)
         if kind == "eval":
             timing["full_eval_s"].append(time.perf_counter() - t0)
         for tr, s in zip(active, sums):
@@ -358,7 +362,7 @@ def train_trials(trials: list[Trial], log=print) -> list[dict]:
     ablations = []
     if e.run_ablations and active:
         ablations = run_ablations(backbone, connectors(),
-                                  lambda: loader(eval_set, ablation, backbone.pad_id, workers, pin, e.batch_size),
+                                  lambda: eval_loader(ablation),
                                   device, dtype, e.ablation_seed)
     for tr in trials:
         if tr.failed:
