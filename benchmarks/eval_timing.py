@@ -25,7 +25,7 @@ def timed_loader(real, evals: list[dict]):
     def make(*args, **kw):
         t0 = time.perf_counter()
         batches = iter(real(*args, **kw))
-        record = {"start_s": time.perf_counter() - t0, "waits": [], "works": [], "t0": t0}
+        record = {"start_s": time.perf_counter() - t0, "waits": [], "works": []}
         evals.append(record)
 
         def timed():
