@@ -83,6 +83,28 @@ def test_train_images_skipped_and_listed(copied, tmp_path):
     assert tracker.metrics("data_bad_images")[-1][1] == 3
 
 
+def test_a_wholly_undecodable_last_batch_is_replaced_by_reading_on(copied, tmp_path):
+    """The training loader is told the run's last step; when a whole batch was skipped the loop reads on
+    past it, and the run still takes every one of its steps."""
+    from vlmtrack.train.setup import epoch_batches, epoch_order
+
+    cfg = tiny_config(copied, tmp_path / "run", quick_eval_steps=0, train_steps=6, save_every=6)
+    data = prepare_data(cfg, load_tokenizer(cfg.model.llm), cfg.output_dir)
+    train = data.split.train
+    per_epoch = len(train) // cfg.train.batch_size
+    epoch, at = divmod(cfg.train.train_steps - 1, per_epoch)
+    last = epoch_batches(epoch_order(len(train), cfg.train.seed, epoch), cfg.train.batch_size, None,
+                         cfg.train.seed, epoch)[at]
+    for k in last:
+        (copied["images"] / data.samples[train[k]].image_relpath).write_bytes(b"\xff\xd8 truncated")
+    shutil.rmtree(cfg.output_dir)
+    tracker = JsonlTracker()
+    result = loop.train(cfg, tracker, log=lambda *_: None)
+    assert result["status"] == "FINISHED" and result["step"] == 6
+    listed = [json.loads(x)["id"] for x in (tmp_path / "run" / "bad_samples.jsonl").read_text().splitlines()]
+    assert {data.samples[train[k]].id for k in last} <= set(listed)
+
+
 def test_on_bad_image_fail_names_the_sample(copied, tmp_path):
     cfg = tiny_config(copied, tmp_path / "run", quick_eval_steps=0, train_steps=16)
     cfg.data.on_bad_image = "fail"

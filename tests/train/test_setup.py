@@ -4,7 +4,7 @@ import torch
 
 from tests.data.test_dataset import tiny_dataset
 from vlmtrack.train.setup import (IN_FLIGHT_BYTES, MAX_PREFETCH, chunks, data_workers, epoch_batches, epoch_order,
-                                  eval_pieces, loader, loader_sizing)
+                                  eval_pieces, loader, loader_sizing, train_batches)
 
 
 def test_length_grouped_batches_cover_the_epoch_and_pad_less():
@@ -78,3 +78,14 @@ def test_eval_batches_go_in_pieces_only_where_workers_decode_images():
     assert eval_pieces(16, 14, decodes_images=True) == 1
     assert eval_pieces(256, 14, decodes_images=False) == 1, "cached features load fast whole"
     assert eval_pieces(256, 1, decodes_images=True) == 1 and eval_pieces(256, 0, decodes_images=True) == 1
+
+
+def test_a_training_loader_told_its_last_step_ends_there(tiny_paths, tmp_path):
+    """Told the run's last step, the loader hands out exactly the batches up to it (the same as the
+    endless one's), so its workers go idle before the run's last eval instead of decoding batches no one takes."""
+    bb, ds = tiny_dataset(tiny_paths, tmp_path)
+    endless = train_batches(ds, 2, seed=3, start_step=1, pad_id=bb.pad_id, num_workers=0)
+    expected = [next(endless).ids for _ in range(5)]  # 2 steps an epoch: crosses two epoch boundaries
+    planned = list(train_batches(ds, 2, seed=3, start_step=1, pad_id=bb.pad_id, num_workers=2, stop_step=6))
+    assert [b.ids for b in planned] == expected
+    assert list(train_batches(ds, 2, seed=3, start_step=4, pad_id=bb.pad_id, num_workers=0, stop_step=4)) == []

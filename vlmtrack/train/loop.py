@@ -245,15 +245,24 @@ def train_trials(trials: list[Trial], log=print) -> list[dict]:
             tr.tracker.set_tags({"last_checkpoint": f"checkpoints/{path.name}"})
 
     lengths = [data.metas[i].label_len for i in data.split.train] if base.data.group_by_length else None
-    batches = train_batches(train_set, t.batch_size, t.seed, step, backbone.pad_id, workers, pin, lengths,
-                            rank, world)
+
+    def batches_from(start: int):  # up to the run's last step: the loader's workers then go idle
+        return train_batches(train_set, t.batch_size, t.seed, start, backbone.pad_id, workers, pin, lengths,
+                             rank, world, stop_step=start + total_steps - step)
+    batches, drawn = batches_from(step), step
     bad_samples: list[dict] = []
 
     def next_batch():
         """The next global batch with at least one sample (this rank's slice of it may be empty) and its
         global count of supervised tokens; undecodable images are skipped and listed."""
+        nonlocal batches, drawn
         while True:
-            b = next(batches)
+            try:
+                b = next(batches)
+            except StopIteration:  # whole batches were skipped: read on past the planned last one
+                batches = batches_from(drawn)
+                b = next(batches)
+            drawn += 1
             n, tokens, n_skipped = dist.all_reduce_sums([len(b), int(b.num_supervised.sum()), len(b.skipped)])
             if n_skipped:
                 skipped = [s for part in dist.gather_objects(b.skipped) for s in part]

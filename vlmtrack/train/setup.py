@@ -83,11 +83,13 @@ def rank_shard(batches: list[list[int]], rank: int, world: int) -> list[list[int
 
 def train_batches(dataset: CaptionDataset, batch_size: int, seed: int, start_step: int, pad_id: int,
                   num_workers: int, pin: bool = False, lengths: list[int] | None = None,
-                  rank: int = 0, world: int = 1):
-    """Batches forever from step `start_step` on; an epoch is num_train // batch_size steps. One loader
-    serves every epoch, so its workers are started once, not at each epoch boundary (a small split at a
-    large batch has an epoch every few steps). With several ranks, each reads its slice of every global
-    batch: the global batches and steps are those of one rank, so a resume may change the rank count."""
+                  rank: int = 0, world: int = 1, stop_step: int | None = None):
+    """Batches from step `start_step` up to `stop_step` (None: forever); an epoch is num_train // batch_size
+    steps. One loader serves every epoch, so its workers are started once, not at each epoch boundary (a
+    small split at a large batch has an epoch every few steps). A loader that knows its last batch goes
+    idle once that is decoded: one that reads on keeps its workers decoding batches nobody takes while
+    the run's last eval and golden dump need the cores. With several ranks, each reads its slice of every
+    global batch: the global batches and steps are those of one rank, so a resume may change the rank count."""
     steps_per_epoch = len(dataset) // batch_size
     first_epoch, offset = divmod(start_step, steps_per_epoch)
 
@@ -97,7 +99,8 @@ def train_batches(dataset: CaptionDataset, batch_size: int, seed: int, start_ste
             for batch in batches[offset if epoch == first_epoch else 0:]:
                 yield rank_slice(batch, rank, world)
 
-    return iter(loader(dataset, order(), pad_id, num_workers, pin, -(-batch_size // world)))
+    planned = order() if stop_step is None else itertools.islice(order(), max(0, stop_step - start_step))
+    return iter(loader(dataset, planned, pad_id, num_workers, pin, -(-batch_size // world)))
 
 
 def data_workers(setting: int, device: torch.device) -> int:
