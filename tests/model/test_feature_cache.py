@@ -53,6 +53,34 @@ def test_cached_features_are_the_towers_output_in_bf16_and_built_once(run_parts)
     assert cached_ds.vision_bytes() * 4 == features.numel() * features.element_size()
 
 
+def _shared_in_worker(items, pad_id):
+    return collate(items, pad_id).features.is_shared()
+
+
+def test_cached_rows_are_read_in_place_into_shared_memory_and_the_file_never_changes(run_parts):
+    """A row is a view of the mapped shard (no copy before collate's stack), which in a DataLoader worker
+    stacks straight into shared memory; writing into a row leaves the file as it was (copy-on-write)."""
+    import functools
+
+    cfg, bb, data = run_parts
+    store = fc.store_for_run(cfg, bb, data, torch.device("cpu"), 0, log=lambda *_: None)
+    rel = data.metas[data.split.eval[0]].image_relpath
+    row = store.get(rel)
+    kept = row.clone()
+    by_row = {where: r for r, where in store.row_of.items()}
+    first, second = store.get(by_row[(0, 0)]), store.get(by_row[(0, 1)])
+    gap = first.numel() * first.element_size()
+    assert second.data_ptr() - first.data_ptr() == gap, "rows are views of one mapped shard, not copies"
+    row.fill_(7.0)
+    fresh = pickle.loads(pickle.dumps(store))
+    assert torch.equal(fresh.get(rel), kept)
+    ds = CaptionDataset(data.samples, data.metas, data.split.eval[:4], bb.tokenizer, bb.image_processor,
+                        data.image_root, bb.image_token_id, 4, 512, features=fresh)
+    dl = torch.utils.data.DataLoader(ds, batch_size=2, num_workers=1,
+                                     collate_fn=functools.partial(_shared_in_worker, pad_id=bb.pad_id))
+    assert list(dl) == [True, True]
+
+
 def test_cache_key_follows_the_processor_and_the_weights(run_parts, tiny_paths, tmp_path):
     cfg, bb, _ = run_parts
     key = fc.tower_fingerprint(cfg.model.vision, bb.tower, bb.image_processor)

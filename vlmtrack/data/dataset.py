@@ -6,6 +6,7 @@ from pathlib import Path
 
 import torch
 from PIL import Image
+from torch.utils.data import default_collate
 
 from vlmtrack.data.llava import DataError, Sample, SampleMeta, resolve_image
 from vlmtrack.data.prompt import IGNORE_INDEX, encode_sample
@@ -161,10 +162,12 @@ def collate(items: list[dict], pad_id: int) -> Batch:
         labels[r, :n] = torch.tensor(it["labels"])
         mask[r, :n] = 1
     cached = "features" in items[0]
+    # in a DataLoader worker default_collate stacks straight into shared memory: the batch then leaves the
+    # worker without the copy into shared memory its queue would make (430 MB a batch of so400m features)
     return Batch(
         input_ids=ids, attention_mask=mask, labels=labels,
-        pixel_values=None if cached else torch.stack([it["pixel_values"] for it in items]),
-        features=torch.stack([it["features"] for it in items]) if cached else None,
+        pixel_values=None if cached else default_collate([it["pixel_values"] for it in items]),
+        features=default_collate([it["features"] for it in items]) if cached else None,
         bucket=[it["bucket"] for it in items],
         label_len=torch.tensor([it["label_len"] for it in items]),
         num_supervised=torch.tensor([it["num_supervised"] for it in items]),

@@ -69,8 +69,10 @@ class FeatureStore:
         shard, row = where
         if shard not in self._maps:
             name, shape = self.shards[shard]
-            self._maps[shard] = np.memmap(self.folder / name, dtype=np.uint16, mode="r", shape=shape)
-        return torch.from_numpy(np.array(self._maps[shard][row])).view(torch.bfloat16)
+            # copy-on-write: the rows are read in place (collate's stack is their one copy), and the file
+            # stays as it is whatever a caller does with them
+            self._maps[shard] = np.memmap(self.folder / name, dtype=np.uint16, mode="c", shape=shape)
+        return torch.from_numpy(self._maps[shard][row]).view(torch.bfloat16)
 
     def __getstate__(self):
         return {"folder": self.folder, "row_of": self.row_of, "shards": self.shards, "_maps": {}, "_pid": -1}
