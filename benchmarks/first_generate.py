@@ -1,5 +1,5 @@
 """The golden dump's generate() calls, each in a fresh process: torch's default SDPA backends against
-vlmtrack's (cuDNN attention left out, model/kernels.py::LLM_ATTENTION). cuDNN plans every new shape,
+vlmtrack's (cuDNN attention left out, model/kernels.py::NO_CUDNN_BACKENDS). cuDNN plans every new shape,
 and each generated token has a new key length, so a process's first call pays ~64 plans.
 
     python benchmarks/first_generate.py [--preset small] [--batch 64] [--new-tokens 64]
@@ -22,7 +22,7 @@ from vlmtrack.bench.run import PRESETS
 def calls(preset: str, batch: int, new_tokens: int, backends: str, n: int = 3) -> list[float]:
     from transformers import Qwen3Config, Qwen3ForCausalLM
 
-    from vlmtrack.model.kernels import llm_attention
+    from vlmtrack.model.kernels import sdpa_without_cudnn
 
     cfg = yaml.safe_load(PRESETS.read_text())[preset]["llm"]
     torch.manual_seed(0)
@@ -32,7 +32,7 @@ def calls(preset: str, batch: int, new_tokens: int, backends: str, n: int = 3) -
     embeds = torch.randn(batch, 90, cfg["hidden_size"], device="cuda", dtype=torch.bfloat16) * 0.02
     mask = torch.ones(batch, 90, dtype=torch.long, device="cuda")
     mask[: batch // 8, :5] = 0  # a few left-padded prompts, as a golden batch has
-    attention = llm_attention if backends == "vlmtrack" else nullcontext
+    attention = sdpa_without_cudnn if backends == "vlmtrack" else nullcontext
     times = []
     for _ in range(n):
         t0 = time.perf_counter()

@@ -19,10 +19,12 @@ def test_auto_keeps_plain_kernels_where_the_step_is_launch_bound():
     assert use_fused_kernels(torch.nn.Linear(2, 2), torch.device("cuda"), "auto", sequences_per_step=24) is None
 
 
-def test_the_llm_attends_without_cudnn_in_training_eval_and_generation(tiny_paths, tmp_path, monkeypatch):
-    """cuDNN attention plans each new shape anew (a new key length at every generated token): every
-    attention call of the LLM in a run (training steps, eval, golden dump) runs with that backend off; the
-    vision tower's (a few shapes a run) and the process's setting afterwards are torch's own."""
+def test_the_llm_and_connector_attend_without_cudnn_in_training_eval_and_generation(tiny_paths, tmp_path,
+                                                                                    monkeypatch):
+    """cuDNN attention plans each new shape anew (a new key length at every generated token, a new batch
+    size at eval): every attention call of the LLM and the connector in a run (training steps, eval, golden
+    dump) runs with that backend off; the vision tower's (a few shapes a run) and the process's setting
+    afterwards are torch's own."""
     import traceback
 
     import torch.nn.functional as F
@@ -34,8 +36,10 @@ def test_the_llm_attends_without_cudnn_in_training_eval_and_generation(tiny_path
     seen, sdpa = [], F.scaled_dot_product_attention
 
     def recording(*args, **kwargs):
-        in_llm = any("modeling_qwen3" in frame.filename for frame in traceback.extract_stack())
-        seen.append((in_llm, torch.is_grad_enabled(), torch.backends.cuda.cudnn_sdp_enabled()))
+        files = [frame.filename for frame in traceback.extract_stack()]
+        where = next((name for name, part in (("llm", "modeling_qwen3"), ("connector", "vlmtrack/model/connector"),
+                                              ("tower", "modeling_siglip")) if any(part in f for f in files)), None)
+        seen.append((where, torch.is_grad_enabled(), torch.backends.cuda.cudnn_sdp_enabled()))
         return sdpa(*args, **kwargs)
 
     monkeypatch.setattr(F, "scaled_dot_product_attention", recording)
@@ -45,8 +49,10 @@ def test_the_llm_attends_without_cudnn_in_training_eval_and_generation(tiny_path
     assert torch.backends.cuda.cudnn_sdp_enabled()
     result = train(cfg, JsonlTracker(), log=lambda *_: None)
     assert result["budget"]["golden_time_s"] > 0 and result["budget"]["full_eval_time_s"] > 0
-    llm = [(grad, cudnn) for in_llm, grad, cudnn in seen if in_llm]
-    assert {grad for grad, _ in llm} == {True, False}  # training forwards, and no-grad eval and generation
-    assert not any(cudnn for _, cudnn in llm)
-    assert all(cudnn for in_llm, _, cudnn in seen if not in_llm) and len(llm) < len(seen)  # the tower's
+    assert {where for where, _, _ in seen} == {"llm", "connector", "tower"}
+    for part in ("llm", "connector"):
+        calls = [(grad, cudnn) for where, grad, cudnn in seen if where == part]
+        assert {grad for grad, _ in calls} == {True, False}, part  # training forwards; eval and generation
+        assert not any(cudnn for _, cudnn in calls), part
+    assert all(cudnn for where, _, cudnn in seen if where == "tower")
     assert torch.backends.cuda.cudnn_sdp_enabled()

@@ -9,6 +9,7 @@ import torch
 
 from vlmtrack.data.dataset import Batch
 from vlmtrack.model.backbone import Backbone, ablate
+from vlmtrack.model.kernels import sdpa_without_cudnn
 from vlmtrack.train import distributed as dist
 
 
@@ -59,7 +60,8 @@ def batch_losses(backbone: Backbone, connectors: list, batch: Batch, mode: str =
                  generator: torch.Generator | None = None) -> torch.Tensor:
     """[K, B] summed token losses of each connector on the batch under a vision mode."""
     features = ablate(batch_features(backbone, batch), mode, generator)
-    visual = torch.stack([c(features) for c in connectors])
+    with sdpa_without_cudnn():  # cuDNN would plan the connector's attention anew at each batch size
+        visual = torch.stack([c(features) for c in connectors])
     return backbone.token_losses(batch.input_ids, batch.labels, visual)
 
 

@@ -11,7 +11,7 @@ from vlmtrack.data.dataset import collate_prompts, pixel_values
 from vlmtrack.data.prompt import end_of_turn_id, expanded_prompt_ids
 from vlmtrack.eval.evaluate import autocast
 from vlmtrack.files import write_jsonl
-from vlmtrack.model.kernels import llm_attention
+from vlmtrack.model.kernels import sdpa_without_cudnn
 
 
 def generated_part(sequences: torch.Tensor, prompt_ids: torch.Tensor) -> torch.Tensor:
@@ -49,10 +49,11 @@ def generate_golden(backbone, connectors: list, golden: list[dict], human_by_id:
         ids, mask, pixels = ids.to(device), mask.to(device), pixels.to(device)
         with autocast(device, dtype):
             features = backbone.vision_features(pixels)
-            visual = torch.stack([c(features) for c in connectors])
             k = len(connectors)
-            embeds = backbone.embed(ids.repeat(k, 1), visual.reshape(-1, *visual.shape[2:]))
-            with llm_attention():  # a new key length at every token: no cuDNN plans
+            # cuDNN would plan each new shape: the connector's at this batch size, the LLM's at every token
+            with sdpa_without_cudnn():
+                visual = torch.stack([c(features) for c in connectors])
+                embeds = backbone.embed(ids.repeat(k, 1), visual.reshape(-1, *visual.shape[2:]))
                 sequences = backbone.llm.generate(
                     inputs_embeds=embeds, attention_mask=mask.repeat(k, 1), do_sample=ecfg.temperature > 0,
                     temperature=ecfg.temperature, top_p=ecfg.top_p, max_new_tokens=ecfg.max_new_tokens,

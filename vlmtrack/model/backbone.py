@@ -11,7 +11,7 @@ from torch import nn
 from transformers import AutoImageProcessor, AutoModel, AutoModelForCausalLM, AutoTokenizer
 
 from vlmtrack.data.prompt import IGNORE_INDEX, add_image_token
-from vlmtrack.model.kernels import llm_attention
+from vlmtrack.model.kernels import sdpa_without_cudnn
 
 VISION_MODES = ("correct", "shuffled", "zero", "noise")
 EVAL_LOGIT_ROWS = 4096  # label positions per chunk of eval logits: 4096 x Qwen3's 151,936 x fp32 = 2.5 GB
@@ -127,7 +127,7 @@ class Backbone:
         """The decoder's last hidden states, no KV cache. The training forward goes through the compiled
         body where there is one; eval (no autograd, other batch sizes) and generation stay eager, so the
         compile serves one kind of graph."""
-        with llm_attention():
+        with sdpa_without_cudnn():
             if self.compiled_body is not None and torch.is_grad_enabled():
                 return self.compiled_body(embeds)
             return self.llm.model(inputs_embeds=embeds, use_cache=False).last_hidden_state
@@ -147,7 +147,7 @@ class Backbone:
         targets [B, M] the labels there (IGNORE_INDEX where a row has fewer than M). Returns [K, B]."""
         k, b = visual.shape[:2]
         embeds = self.embed(input_ids.repeat(k, 1), visual.reshape(k * b, *visual.shape[2:]), image_at.repeat(k, 1))
-        # torch's attention backends: a captured graph plans its shape once (kernels.LLM_ATTENTION)
+        # torch's attention backends: a captured graph plans its shape once (kernels.NO_CUDNN_BACKENDS)
         hidden = self.llm.model(inputs_embeds=embeds, use_cache=False).last_hidden_state
         hidden_at = hidden.gather(1, label_at.repeat(k, 1).unsqueeze(-1).expand(-1, -1, hidden.shape[-1]))
         per_token = self._label_losses(hidden_at.flatten(0, 1), targets.repeat(k, 1).flatten())

@@ -128,7 +128,9 @@ def compile_connector(connector):
     return torch.compile(connector)
 
 
-# SDPA backends of the LLM's forwards (training, eval, generation): cuDNN's attention is left out. It builds
+# SDPA backends of the LLM's and the connectors' forwards (training, eval, generation): cuDNN's attention is
+# left out. The connectors' eval at batch 250 spent ~0.5 s planning its two attention layers at a process's
+# first eval (benchmarks/eval_timing.py --profile-first, H200, 2026-12-03). For the LLM: cuDNN builds
 # an execution plan for each new shape (~140 ms on an H200), and generation has a new key length at every
 # token: a process's first golden dump (64 x 64 new tokens, small preset) took 14.3 s with it, 2.6 s
 # without (later dumps 2.0-2.7 s either way; benchmarks/first_generate.py). Training and eval batches meet
@@ -137,8 +139,8 @@ def compile_connector(connector):
 # the batch size, so it plans a few times per run. So does the CUDA-graph step, planned once per captured
 # shape: with flash attention its gradients no longer matched the same step run eagerly to 1e-3
 # (test_cuda_paths.py::test_cuda_graph_step_equals_the_eager_step, H200).
-LLM_ATTENTION = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
+NO_CUDNN_BACKENDS = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
 
 
-def llm_attention():
-    return sdpa_kernel(LLM_ATTENTION)
+def sdpa_without_cudnn():
+    return sdpa_kernel(NO_CUDNN_BACKENDS)
