@@ -12,7 +12,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import torch
 from torch.profiler import ProfilerActivity, profile, schedule
 
 from vlmtrack.bench.run import bench_config, build_preset, flops_per_sample, write_images
