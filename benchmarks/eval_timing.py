@@ -34,7 +34,8 @@ def cpu_busy_s() -> float:
 def timed_loader(real, evals: list[dict], profile_first: bool = False):
     """Wraps the loop's eval loader: when it started, and for each batch how long the loop waited for it
     and how long the loop worked on the one before. With `profile_first`, the work on the first batch of
-    the first eval runs under torch.profiler and its table is printed."""
+    the first eval runs under torch.profiler and its table is printed (that batch's work time then
+    includes the profiler's own)."""
     def make(*args, **kw):
         t0, cpu0 = time.perf_counter(), cpu_busy_s()
         batches = iter(real(*args, **kw))
