@@ -21,7 +21,7 @@ from torch.profiler import ProfilerActivity, profile
 
 from vlmtrack.bench.run import bench_config, build_preset, write_images
 from vlmtrack.tracking.base import JsonlTracker
-from vlmtrack.train import loop
+from vlmtrack.train import setup, step
 from vlmtrack.train.loop import Trial, train_trials
 
 
@@ -76,18 +76,18 @@ def run(paths, data, root: Path, regime: str, batch: int, steps: int, workers: i
     cfg.data.group_by_length = True
     cfg.train.eval_at_steps = [steps // 2]
     evals: list[dict] = []
-    real_loader, real_pieces, real_train = loop.loader, loop.eval_pieces, loop.train_batches
-    loop.loader = timed_loader(real_loader, evals, profile_first)
+    real_loader, real_pieces, real_train = setup.loader, setup.eval_pieces, step.train_batches
+    setup.loader = timed_loader(real_loader, evals, profile_first)
     if variant == "whole":
-        loop.eval_pieces = lambda *_: 1
+        setup.eval_pieces = lambda *_: 1
     if variant == "pieces":
-        loop.eval_pieces = lambda size, n, _: real_pieces(size, n, True)
+        setup.eval_pieces = lambda size, n, _: real_pieces(size, n, True)
     if variant == "endless":
-        loop.train_batches = lambda *args, stop_step=None, **kw: real_train(*args, **kw)
+        step.train_batches = lambda *args, stop_step=None, **kw: real_train(*args, **kw)
     try:
         train_trials([Trial(cfg, JsonlTracker())], print)
     finally:
-        loop.loader, loop.eval_pieces, loop.train_batches = real_loader, real_pieces, real_train
+        setup.loader, setup.eval_pieces, step.train_batches = real_loader, real_pieces, real_train
     state = root / regime / "checkpoints" / f"step_{steps}" / "trainer_state.pt"
     timing = torch.load(state, weights_only=True)["timing"]
     print(f"[{regime}] step s: " + " ".join(f"{s:.3f}" for s in timing["step_s"]))

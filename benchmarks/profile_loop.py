@@ -16,13 +16,13 @@ from torch.profiler import ProfilerActivity, profile, schedule
 
 from vlmtrack.bench.run import bench_config, build_preset, flops_per_sample, write_images
 from vlmtrack.tracking.base import JsonlTracker
-from vlmtrack.train import loop
+from vlmtrack.train import step
 from vlmtrack.train.loop import Trial, train_trials
 
 
 def profiled_batches(prof, wall: list[float]):
     """Wraps the loop's batch source: each batch fetched is a profiler step (the loop fetches one a step)."""
-    real = loop.train_batches
+    real = step.train_batches
 
     def train_batches(*args, **kw):
         batches = real(*args, **kw)
@@ -45,12 +45,12 @@ def run_regime(paths, data, root: Path, regime: str, batch: int, steps: int, fir
     wall: list[float] = []
     with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA],
                  schedule=schedule(wait=first - 1, warmup=1, active=active, repeat=1)) as prof:
-        real = loop.train_batches
-        loop.train_batches = profiled_batches(prof, wall)
+        real = step.train_batches
+        step.train_batches = profiled_batches(prof, wall)
         try:
             train_trials([Trial(cfg, JsonlTracker())], print)
         finally:
-            loop.train_batches = real
+            step.train_batches = real
     # fetch k happens at the start of step k; the active window is fetches first..first+active
     # (the table's "Self CUDA time total" is the GPU time of those steps; summing prof.events() instead
     # counts inductor's kernel annotations and the step markers a second time)

@@ -31,7 +31,9 @@ def _overrides(args) -> list[str]:
 def _train(args) -> None:
     from vlmtrack.demo.assets import fill_demo_defaults
     from vlmtrack.tracking.session import log_summary, tracked_run
-    from vlmtrack.train import distributed as dist
+    from vlmtrack.runtime import distributed as dist
+    from vlmtrack.sweep.score import composite_score
+    from vlmtrack.tracking.base import NullTracker
     from vlmtrack.train.loop import train
 
     cfg = load_config(args.config, _overrides(args))
@@ -40,24 +42,36 @@ def _train(args) -> None:
         with dist.main_first():  # rank 0 builds the demo assets, if needed, before the others look
             fill_demo_defaults(cfg)
         if not dist.is_main():  # rank 0 holds the one MLflow run and writes every file
-            train(cfg, dist.NullTracker())
+            train(cfg, NullTracker(), score=composite_score)
             return
         with tracked_run(cfg, args.config, experiment=args.experiment) as tracker:
             print(f"[mlflow] run {tracker.run_id}" + (f" ({dist.world_size()} ranks)" if dist.active() else ""))
-            metrics = train(cfg, tracker)
+            metrics = train(cfg, tracker, score=composite_score)
             log_summary(tracker, cfg, metrics)
         print(f"[done] metrics: {cfg.output_dir / 'metrics.json'}")
     finally:
         dist.teardown()
 
 
+def _load_checkpoint(args):
+    """A checkpoint folder, or one downloaded from MLflow first (runs:/...)."""
+    from pathlib import Path
+
+    from vlmtrack.eval.checkpoint_eval import fetch, load_checkpoint
+    from vlmtrack.tracking.artifacts import download_checkpoint, is_artifact_uri
+
+    uri = args.checkpoint
+    folder, config = download_checkpoint(uri) if is_artifact_uri(uri) else fetch(Path(uri))
+    return load_checkpoint(folder, config, _overrides(args))
+
+
 def _ablate(args) -> None:
+    from vlmtrack.data.loader import loader
     from vlmtrack.eval.ablations import run_ablations
-    from vlmtrack.eval.checkpoint_eval import ablation_batches, eval_dataset, load_checkpoint
-    from vlmtrack.train.setup import loader
+    from vlmtrack.eval.checkpoint_eval import ablation_batches, eval_dataset
     from vlmtrack.tracking.session import tracked_run
 
-    lc = load_checkpoint(args.checkpoint, _overrides(args))
+    lc = _load_checkpoint(args)
     dataset, batches = eval_dataset(lc), ablation_batches(lc)
     result = run_ablations(lc.backbone, [lc.connector], lambda: loader(dataset, batches, lc.backbone.pad_id, 0),
                            lc.device, lc.dtype, lc.cfg.eval.ablation_seed)[0]
@@ -71,11 +85,10 @@ def _ablate(args) -> None:
 
 
 def _golden(args) -> None:
-    from vlmtrack.eval.checkpoint_eval import load_checkpoint
     from vlmtrack.eval.golden_gen import generate_golden, write_golden
     from vlmtrack.tracking.session import tracked_run
 
-    lc = load_checkpoint(args.checkpoint, _overrides(args))
+    lc = _load_checkpoint(args)
     human = {s.id: s.human for s in lc.data.samples}
     records = generate_golden(lc.backbone, [lc.connector], lc.data.golden, human, lc.data.image_root,
                               lc.cfg.model.num_latents, lc.cfg.eval, lc.device, lc.dtype)[0]

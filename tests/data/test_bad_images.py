@@ -86,7 +86,7 @@ def test_train_images_skipped_and_listed(copied, tmp_path):
 def test_a_wholly_undecodable_last_batch_is_replaced_by_reading_on(copied, tmp_path):
     """The training loader is told the run's last step; when a whole batch was skipped the loop reads on
     past it, and the run still takes every one of its steps."""
-    from vlmtrack.train.setup import epoch_batches, epoch_order
+    from vlmtrack.data.loader import epoch_batches, epoch_order
 
     cfg = tiny_config(copied, tmp_path / "run", quick_eval_steps=0, train_steps=6, save_every=6)
     data = prepare_data(cfg, load_tokenizer(cfg.model.llm), cfg.output_dir)

@@ -53,7 +53,7 @@ def test_pixels_in_the_towers_dtype_give_the_towers_same_output(tiny_paths, tmp_
 
 
 def test_a_samples_vision_bytes_are_those_its_batch_carries(tiny_paths, tmp_path):
-    """What the loader's in-flight cap (train/setup.loader_sizing) counts a batch as."""
+    """What the loader's in-flight cap (data/loader.loader_sizing) counts a batch as."""
     bb, wide = tiny_dataset(tiny_paths, tmp_path)
     _, narrow = tiny_dataset(tiny_paths, tmp_path / "b", pixel_dtype=torch.bfloat16)
     for ds in (wide, narrow):
@@ -65,7 +65,7 @@ def test_a_samples_vision_bytes_are_those_its_batch_carries(tiny_paths, tmp_path
 
 
 def test_joined_pieces_are_the_batch_collated_whole(tiny_paths, tmp_path):
-    """An eval batch loaded in pieces by several workers (train/setup.loader) is joined into the very batch
+    """An eval batch loaded in pieces by several workers (data/loader.loader) is joined into the very batch
     collating all its items gives: re-padded to the widest piece, every field in order."""
     bb, ds = tiny_dataset(tiny_paths, tmp_path)
     items = [ds[i] for i in range(4)]

@@ -66,7 +66,7 @@ def test_mask_free_attention_equals_the_masked_model_on_right_padding(tiny_paths
 def test_cuda_graph_step_equals_the_eager_step(tiny_paths):
     import copy
 
-    from vlmtrack.eval.evaluate import batch_losses
+    from vlmtrack.model.forward import batch_losses
     from vlmtrack.train.graphed import GraphedSteps, static_inputs
 
     cuda = torch.device("cuda")
@@ -152,7 +152,7 @@ def test_a_liger_run_leaves_later_plain_models_plain(tiny_paths, qwen3_restored)
 
 def test_the_training_loader_pins_its_batches(tiny_paths, tmp_path):
     from tests.data.test_dataset import tiny_dataset
-    from vlmtrack.train.setup import loader
+    from vlmtrack.data.loader import loader
 
     bb, ds = tiny_dataset(tiny_paths, tmp_path, dtype=torch.bfloat16, pixel_dtype=torch.bfloat16)
     batch = next(iter(loader(ds, [[0, 1, 2, 3]], bb.pad_id, num_workers=1, pin=True)))

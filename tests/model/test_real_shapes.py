@@ -5,7 +5,7 @@ from transformers import SiglipImageProcessor, SiglipVisionConfig, SiglipVisionM
 from tests.helpers.tiny_models import tiny_config
 from vlmtrack.tracking.base import JsonlTracker
 from vlmtrack.train import loop
-from vlmtrack.train.checkpoint import load_connector_weights
+from vlmtrack.model.connector_io import load_connector_weights
 
 
 def test_training_steps_with_siglip_base_shaped_tower(tiny_paths, tmp_path):

@@ -82,7 +82,7 @@ def test_sweep_side_by_side_group(tiny_paths, tmp_path, monkeypatch):
     cfg.sweep.group_size = 4
     groups = []
     real = sweep_run.train_trials
-    monkeypatch.setattr(sweep_run, "train_trials", lambda trials, log=print: groups.append(len(trials)) or real(trials, log))
+    monkeypatch.setattr(sweep_run, "train_trials", lambda trials, log=print, **kw: groups.append(len(trials)) or real(trials, log, **kw))
     study = run_sweep(cfg, tracker(), tracker, load_tokenizer(cfg.model.llm), log=lambda *_: None)
     assert groups == [4]  # the four grid points trained together, through one backbone pass per batch
     assert len(study.get_trials(states=(TrialState.COMPLETE,))) == 4

@@ -41,11 +41,11 @@ def test_interrupted_sweep_rerun_trains_only_missing_points(tiny_paths, tmp_path
     trained = []
     real = sweep_run.train_trials
 
-    def interrupt_third(trials, log=print):
+    def interrupt_third(trials, log=print, **kw):
         trained.extend(tr.cfg.train.run_name for tr in trials)
         if len(trained) == 3:
             raise KeyboardInterrupt  # the worker dies inside its third trial
-        return real(trials, log)
+        return real(trials, log, **kw)
 
     monkeypatch.setattr(sweep_run, "train_trials", interrupt_third)
     with pytest.raises(KeyboardInterrupt):
@@ -54,8 +54,8 @@ def test_interrupted_sweep_rerun_trains_only_missing_points(tiny_paths, tmp_path
     assert len(completed_points(first)) == 2
     time.sleep(4 * cfg.sweep.heartbeat_s + 0.5)  # the dead trial's heartbeat goes stale
     trained.clear()
-    monkeypatch.setattr(sweep_run, "train_trials", lambda trials, log=print: trained.extend(
-        tr.cfg.train.run_name for tr in trials) or real(trials, log))
+    monkeypatch.setattr(sweep_run, "train_trials", lambda trials, log=print, **kw: trained.extend(
+        tr.cfg.train.run_name for tr in trials) or real(trials, log, **kw))
     study = sweep_run.run_sweep(cfg, JsonlTracker(), lambda *a: JsonlTracker(), tok, log=lambda *_: None)
     points = completed_points(study)
     assert len(points) == 6 and len(set(points)) == 6

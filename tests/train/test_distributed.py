@@ -14,9 +14,9 @@ import torch.multiprocessing as mp
 from tests.helpers.tiny_models import tiny_config
 from vlmtrack.tracking.base import JsonlTracker
 from vlmtrack.train import checkpoint as ckpt
-from vlmtrack.train import distributed as dist
+from vlmtrack.runtime import distributed as dist
 from vlmtrack.train import loop
-from vlmtrack.train.setup import rank_shard, rank_slice
+from vlmtrack.data.loader import rank_shard, rank_slice
 
 REL = 1e-5
 BUCKETS = ("short", "medium", "long")

@@ -5,9 +5,11 @@ import torch
 
 from tests.helpers.tiny_models import tiny_config
 from vlmtrack.model import backbone as backbone_mod
-from vlmtrack.tracking.base import JsonlTracker
+from vlmtrack.sweep.score import composite_score
+from vlmtrack.tracking.base import JsonlTracker, finishing
 from vlmtrack.train import checkpoint as ckpt
-from vlmtrack.train import loop
+from vlmtrack.train import loop, setup
+from vlmtrack.train import step as train_step
 
 
 def test_training_moves_only_the_connector_and_writes_everything(tiny_paths, tmp_path, monkeypatch):
@@ -20,10 +22,10 @@ def test_training_moves_only_the_connector_and_writes_everything(tiny_paths, tmp
         loaded["tower"] = {n: p.clone() for n, p in loaded["bb"].tower.named_parameters()}
         return loaded["bb"]
 
-    monkeypatch.setattr(loop, "load_backbone", spy)
+    monkeypatch.setattr(setup, "load_backbone", spy)
     out = tmp_path / "run"
     tracker = JsonlTracker()
-    m = loop.train(tiny_config(tiny_paths, out), tracker, log=lambda *_: None)
+    m = loop.train(tiny_config(tiny_paths, out), tracker, log=lambda *_: None, score=composite_score)
     bb = loaded["bb"]
     assert all(torch.equal(p, loaded["before"][n]) for n, p in bb.llm.named_parameters())
     assert all(torch.equal(p, loaded["tower"][n]) for n, p in bb.tower.named_parameters())
@@ -80,17 +82,17 @@ def test_kill_and_resume_matches_uninterrupted_run(tiny_paths, tmp_path, monkeyp
 
 def test_nan_loss_stops_with_clear_error_and_keeps_last_good_checkpoint(tiny_paths, tmp_path, monkeypatch):
     calls = {"n": 0}
-    real = loop.batch_losses
+    real = train_step.batch_losses
 
     def poisoned(*a, **kw):
         calls["n"] += 1
         out = real(*a, **kw)
         return out * float("nan") if calls["n"] == 6 else out  # the 6th training batch
 
-    monkeypatch.setattr(loop, "batch_losses", poisoned)
+    monkeypatch.setattr(train_step, "batch_losses", poisoned)
     tracker = JsonlTracker()
     out = tmp_path / "nan"
-    with pytest.raises(loop.NonFiniteLossError, match="non-finite loss at or before step 6") as err:
+    with pytest.raises(loop.NonFiniteLossError, match="non-finite loss at or before step 6") as err, finishing(tracker):
         loop.train(tiny_config(tiny_paths, out, quick_eval_steps=0), tracker, log=lambda *_: None)
     assert "step_4" in str(err.value)
     assert ckpt.latest_checkpoint(out).name == "step_4"

@@ -5,8 +5,9 @@ import itertools
 import pytest
 
 from tests.helpers.tiny_models import tiny_config
+from vlmtrack.sweep.run import side_by_side
 from vlmtrack.tracking.base import JsonlTracker
-from vlmtrack.train import loop
+from vlmtrack.train import loop, step
 
 TOL = 1e-4  # float32 on CPU: a K*B batch sums in another order than a B batch
 
@@ -51,7 +52,7 @@ def test_six_side_by_side_equal_alone(tiny_paths, tmp_path, alone):
 def test_nan_in_one_trial_leaves_the_others_unchanged(tiny_paths, tmp_path, alone, monkeypatch):
     solo_trials, solo = alone
     calls = {"n": 0}
-    real = loop.batch_losses
+    real = step.batch_losses
 
     def poison_trial_2(*a, **kw):
         calls["n"] += 1
@@ -61,9 +62,9 @@ def test_nan_in_one_trial_leaves_the_others_unchanged(tiny_paths, tmp_path, alon
             out[2] = float("nan")
         return out
 
-    monkeypatch.setattr(loop, "batch_losses", poison_trial_2)
+    monkeypatch.setattr(step, "batch_losses", poison_trial_2)
     group = six_trials(tiny_paths, tmp_path, "nan")
-    results = loop.train_trials(group, log=lambda *_: None)
+    results = side_by_side(group, log=lambda *_: None)
     assert results[2]["status"] == "FAILED" and "non-finite loss" in results[2]["error"]
     assert group[2].tracker.status == "FAILED"
     for i in (0, 1, 3, 4, 5):

@@ -139,7 +139,7 @@ def hf_style_baseline(cfg: Config, steps: int, log) -> dict:
     from vlmtrack.data.pipeline import prepare_data
     from vlmtrack.model.backbone import load_backbone
     from vlmtrack.model.connector import Connector
-    from vlmtrack.train.setup import loader
+    from vlmtrack.data.loader import loader
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32

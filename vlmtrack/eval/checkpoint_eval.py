@@ -1,11 +1,10 @@
 """Ablations and golden captions on a saved connector checkpoint, outside training.
 
-A checkpoint is a local folder `.../checkpoints/step_{k}` (its run's config.yaml two levels up) or an
-MLflow artifact URI such as `runs:/<run_id>/checkpoints/step_{k}` (the run's `config/config.yaml`).
+A checkpoint is a local folder `.../checkpoints/step_{k}` (its run's config.yaml two levels up); an MLflow
+artifact URI such as `runs:/<run_id>/checkpoints/step_{k}` is downloaded by tracking/artifacts.py first.
 """
 from __future__ import annotations
 
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,10 +13,11 @@ import torch
 from vlmtrack.config import Config, load_config
 from vlmtrack.data.dataset import CaptionDataset
 from vlmtrack.data.pipeline import RunData, prepare_data
+from vlmtrack.data.loader import chunks, seeded_subset
 from vlmtrack.model.backbone import Backbone, load_backbone
 from vlmtrack.model.connector import Connector
-from vlmtrack.train.checkpoint import load_connector_weights
-from vlmtrack.train.setup import chunks, device_and_dtype, seeded_subset
+from vlmtrack.model.connector_io import WEIGHTS_FILE, load_connector_weights, run_dir_of
+from vlmtrack.runtime.device import device_and_dtype
 
 
 @dataclass
@@ -31,25 +31,14 @@ class LoadedCheckpoint:
     dtype: torch.dtype
 
 
-def fetch(uri: str) -> tuple[Path, Path]:
-    """(checkpoint folder, config.yaml) for a local folder or an MLflow `runs:/` URI."""
-    if uri.startswith("runs:/") or uri.startswith("models:/"):
-        import mlflow
-
-        run_id = uri.split("/")[1]
-        dest = Path(tempfile.mkdtemp(prefix="vlmtrack-ckpt-"))
-        folder = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(dest)))
-        config = Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="config/config.yaml",
-                                                          dst_path=str(dest)))
-        return folder, config
-    folder = Path(uri)
-    if not (folder / "connector.safetensors").exists():
-        raise FileNotFoundError(f"'{uri}' is not a connector checkpoint folder (no connector.safetensors)")
-    return folder, folder.parent.parent / "config.yaml"
+def fetch(folder: Path) -> tuple[Path, Path]:
+    """(checkpoint folder, its run's config.yaml) of a local checkpoint folder."""
+    if not (folder / WEIGHTS_FILE).exists():
+        raise FileNotFoundError(f"'{folder}' is not a connector checkpoint folder (no {WEIGHTS_FILE})")
+    return folder, run_dir_of(folder) / "config.yaml"
 
 
-def load_checkpoint(uri: str, overrides: list[str] = ()) -> LoadedCheckpoint:
-    folder, config_path = fetch(uri)
+def load_checkpoint(folder: Path, config_path: Path, overrides: list[str] = ()) -> LoadedCheckpoint:
     cfg = load_config(config_path, overrides)
     weights, meta = load_connector_weights(folder)
     device, dtype = device_and_dtype(cfg)

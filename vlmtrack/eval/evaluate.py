@@ -8,9 +8,10 @@ from dataclasses import dataclass, field
 import torch
 
 from vlmtrack.data.dataset import Batch
-from vlmtrack.model.backbone import Backbone, ablate
-from vlmtrack.model.kernels import sdpa_without_cudnn
-from vlmtrack.train import distributed as dist
+from vlmtrack.model.backbone import Backbone
+from vlmtrack.model.forward import batch_losses
+from vlmtrack.runtime import distributed as dist
+from vlmtrack.runtime.device import autocast
 
 
 @dataclass
@@ -49,27 +50,6 @@ class LossSums:
             out[f"{prefix}_label_tokens_{b}"] = self.tokens[b]
             out[f"{prefix}_examples_{b}"] = self.examples[b]
         return out
-
-
-def autocast(device: torch.device, dtype: torch.dtype):
-    enabled = device.type == "cuda" and dtype != torch.float32
-    return torch.autocast(device.type, dtype=dtype, enabled=enabled)
-
-
-def batch_losses(backbone: Backbone, connectors: list, batch: Batch, mode: str = "correct",
-                 generator: torch.Generator | None = None) -> torch.Tensor:
-    """[K, B] summed token losses of each connector on the batch under a vision mode."""
-    features = ablate(batch_features(backbone, batch), mode, generator)
-    with sdpa_without_cudnn():  # cuDNN would plan the connector's attention anew at each batch size
-        visual = torch.stack([c(features) for c in connectors])
-    return backbone.token_losses(batch.input_ids, batch.labels, visual)
-
-
-def batch_features(backbone: Backbone, batch: Batch) -> torch.Tensor:
-    """The frozen tower's output: from the feature cache when the batch carries it, else computed."""
-    if batch.features is not None:
-        return batch.features.to(backbone.llm.dtype)
-    return backbone.vision_features(batch.pixel_values)
 
 
 @torch.no_grad()

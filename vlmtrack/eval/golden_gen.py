@@ -9,9 +9,9 @@ import torch
 
 from vlmtrack.data.dataset import collate_prompts, pixel_values
 from vlmtrack.data.prompt import end_of_turn_id, expanded_prompt_ids
-from vlmtrack.eval.evaluate import autocast
 from vlmtrack.files import write_jsonl
 from vlmtrack.model.kernels import sdpa_without_cudnn
+from vlmtrack.runtime.device import autocast
 
 
 def generated_part(sequences: torch.Tensor, prompt_ids: torch.Tensor) -> torch.Tensor:

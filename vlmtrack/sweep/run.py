@@ -2,6 +2,7 @@
 the score, and when the grid is complete writes the summary to the parent run."""
 from __future__ import annotations
 
+import contextlib
 import time
 import traceback
 from typing import Callable
@@ -12,38 +13,59 @@ from vlmtrack.config import Config
 from vlmtrack.data.pipeline import prepare_data
 from vlmtrack.sweep import study as S
 from vlmtrack.sweep.groups import choose_group_size
+from vlmtrack.sweep.score import composite_score
 from vlmtrack.sweep.summary import write_summary
 from vlmtrack.tracking.optuna_plots import log_study_plots
 from vlmtrack.tracking.session import note_tracking_losses
-from vlmtrack.train.loop import Trial, train_trials
+from vlmtrack.train.loop import train_trials
+from vlmtrack.train.trial import Trial
 
 TrialRunner = Callable[..., list[dict]]
+
+
+def finish_failed(trial: Trial, error: str | None = None) -> None:
+    """A trial that failed (alone, or inside its group while the others train on): its run is marked
+    FAILED at once."""
+    trial.tracker.finish("FAILED", error or trial.failed)
+
+
+@contextlib.contextmanager
+def killed_on_interrupt(trials: list[Trial]):
+    """Ctrl-C marks the trials being trained KILLED (the first status a run gets is the one it keeps)."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        for tr in trials:
+            tr.tracker.finish("KILLED", "interrupted (Ctrl-C)")
+        raise
 
 
 def side_by_side(trials: list[Trial], log=print) -> list[dict]:
     """Trains the group together over one backbone pass per batch; a trial whose loss turns non-finite
     fails alone. An error that stops the whole group fails each of its trials."""
-    try:
-        return train_trials(trials, log)
-    except Exception as e:  # noqa: BLE001
-        error = f"{type(e).__name__}: {e}"
-        for tr in trials:
-            tr.tracker.finish("FAILED", f"{error}\n{traceback.format_exc()[-3000:]}")
-        log(f"[sweep] group of {len(trials)} FAILED: {error}")
-        return [{"status": "FAILED", "error": error} for _ in trials]
+    with killed_on_interrupt(trials):
+        try:
+            return train_trials(trials, log, score=composite_score, on_trial_failed=finish_failed)
+        except Exception as e:  # noqa: BLE001
+            error = f"{type(e).__name__}: {e}"
+            for tr in trials:
+                finish_failed(tr, f"{error}\n{traceback.format_exc()[-3000:]}")
+            log(f"[sweep] group of {len(trials)} FAILED: {error}")
+            return [{"status": "FAILED", "error": error} for _ in trials]
 
 
 def one_by_one(trials: list[Trial], log=print) -> list[dict]:
     """Trains each trial alone; a trial that raises is reported FAILED and the others go on."""
     results = []
     for tr in trials:
-        try:
-            results.append(train_trials([tr], log)[0])
-        except Exception as e:  # noqa: BLE001 - one trial's failure must not end the sweep
-            error = f"{type(e).__name__}: {e}"
-            tr.tracker.finish("FAILED", f"{error}\n{traceback.format_exc()[-3000:]}")
-            log(f"[sweep] {tr.cfg.train.run_name} FAILED: {error}")
-            results.append({"status": "FAILED", "error": error})
+        with killed_on_interrupt([tr]):
+            try:
+                results.append(train_trials([tr], log, score=composite_score)[0])
+            except Exception as e:  # noqa: BLE001 - one trial's failure must not end the sweep
+                error = f"{type(e).__name__}: {e}"
+                finish_failed(tr, f"{error}\n{traceback.format_exc()[-3000:]}")
+                log(f"[sweep] {tr.name} FAILED: {error}")
+                results.append({"status": "FAILED", "error": error})
     return results
 
 
@@ -89,8 +111,10 @@ def run_sweep(cfg: Config, parent, make_tracker, tokenizer_for_hashes, log=print
             results = runner(trials, log)
         for t, tr, result in zip(group, trials, results):
             if result.get("status") != "FINISHED" or "score" not in result:
-                t.set_user_attr("error", str(result.get("error", "no score"))[:1000])
+                error = str(result.get("error", "no score (eval.run_ablations is off)"))
+                t.set_user_attr("error", error[:1000])
                 S.tell(study, t, failed=True)
+                finish_failed(tr, error)  # a no-op for a run already marked FAILED
                 continue
             record_result(t, result, cfg)
             S.tell(study, t, result["score"])

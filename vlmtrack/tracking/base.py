@@ -2,9 +2,11 @@
 `JsonlTracker` keeps everything in memory and in a JSON-lines file, for tests and server-less runs."""
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 import time
+import traceback
 from pathlib import Path
 from typing import Protocol
 
@@ -20,6 +22,21 @@ class Tracker(Protocol):
     def log_artifact(self, path: Path, artifact_path: str | None = None) -> None: ...
     def log_figure(self, figure, artifact_file: str) -> None: ...
     def finish(self, status: str = "FINISHED", error: str | None = None) -> None: ...
+
+
+@contextlib.contextmanager
+def finishing(tracker: Tracker):
+    """The run the block works for always ends with a status: FINISHED, FAILED with the error, or KILLED
+    on Ctrl-C (a status set earlier, e.g. by a sweep for a failed trial, is the one kept)."""
+    try:
+        yield tracker
+    except KeyboardInterrupt:
+        tracker.finish("KILLED", "interrupted (Ctrl-C)")
+        raise
+    except BaseException as e:
+        tracker.finish("FAILED", f"{type(e).__name__}: {e}\n{traceback.format_exc()[-3000:]}")
+        raise
+    tracker.finish("FINISHED")
 
 
 class JsonlTracker:
@@ -69,3 +86,17 @@ class JsonlTracker:
             return
         self.status = status
         self._emit("finish", status=status, error=error)
+
+
+class NullTracker:
+    """What the ranks other than 0 log to under torchrun: nothing (rank 0 holds the one MLflow run)."""
+    run_id = None
+    experiment_id = None
+
+    def log_params(self, params): pass
+    def set_tags(self, tags): pass
+    def log_metrics(self, metrics, step): pass
+    def log_table(self, rows, artifact_file, image_root=None, image_column=None): pass
+    def log_artifact(self, path, artifact_path=None): pass
+    def log_figure(self, figure, artifact_file): pass
+    def finish(self, status="FINISHED", error=None): pass

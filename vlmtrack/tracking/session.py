@@ -6,13 +6,13 @@ from __future__ import annotations
 import contextlib
 import json
 import subprocess
-import traceback
 from pathlib import Path
 
 import torch
 
 from vlmtrack.config import Config
 from vlmtrack.files import write_json
+from vlmtrack.tracking.base import finishing
 from vlmtrack.tracking.figures import ablation_bars, eval_loss_by_bucket
 from vlmtrack.tracking.mlflow_tracker import MlflowTracker
 
@@ -48,18 +48,10 @@ def tracked_run(cfg: Config, config_file: str | None = None, training: bool = Tr
                       "output_dir": str(cfg.output_dir.resolve())})
     if config_file:
         tracker.log_artifact(Path(config_file), "config")
-    try:
+    with finishing(tracker):
         yield tracker
-    except KeyboardInterrupt:
-        tracker.finish("KILLED", "interrupted (Ctrl-C)")
-        raise
-    except BaseException as e:
-        tracker.finish("FAILED", f"{type(e).__name__}: {e}\n{traceback.format_exc()[-3000:]}")
-        raise
-    else:
-        tracker.finish("FINISHED")
-        if training:
-            note_tracking_losses(cfg.output_dir / "metrics.json", tracker)
+    if training:
+        note_tracking_losses(cfg.output_dir / "metrics.json", tracker)
 
 
 def note_tracking_losses(path: Path, tracker) -> None:

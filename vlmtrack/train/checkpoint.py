@@ -1,10 +1,7 @@
 """Connector-only, self-describing checkpoints, written atomically (a temp folder, then one rename; a
-failed write, e.g. a full disk, removes the temp folder and leaves earlier checkpoints as they were):
-
-    checkpoints/step_{k}/connector.safetensors   weights
-    checkpoints/step_{k}/connector.json          connector config + the towers it belongs to
-    checkpoints/step_{k}/trainer_state.pt        optimizer, scheduler, RNG, step, global sample index
-"""
+failed write, e.g. a full disk, removes the temp folder and leaves earlier checkpoints as they were), and
+read back to resume. The layout is model/connector_io.py's; the trainer state (optimizer, scheduler, RNG,
+step, global sample index) is training's own."""
 from __future__ import annotations
 
 import errno
@@ -14,13 +11,11 @@ import shutil
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 import vlmtrack
-
-
-def checkpoint_dir(out_dir: Path, step: int) -> Path:
-    return out_dir / "checkpoints" / f"step_{step}"
+from vlmtrack.model.connector_io import (META_FILE, TRAINER_STATE_FILE, WEIGHTS_FILE, checkpoint_dir,
+                                         latest_checkpoint, load_connector_weights, run_dir_of)
 
 
 def rng_state() -> dict:
@@ -54,12 +49,12 @@ def save_checkpoint(out_dir: Path, step: int, connector, optimizer, scheduler, t
     try:
         tmp.mkdir(parents=True)
         weights = {k: v.detach().to("cpu").contiguous() for k, v in connector.state_dict().items()}
-        writing = tmp / "connector.safetensors"
+        writing = tmp / WEIGHTS_FILE
         save_file(weights, str(writing), metadata={"format": "pt", "step": str(step)})
         meta = {"connector": connector.config, "step": step, "vlmtrack_version": vlmtrack.__version__, **towers}
-        writing = tmp / "connector.json"
+        writing = tmp / META_FILE
         writing.write_text(json.dumps(meta, indent=1))
-        writing = tmp / "trainer_state.pt"
+        writing = tmp / TRAINER_STATE_FILE
         torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": rng_state(),
                     **trainer_state}, writing)
     except Exception as e:
@@ -98,7 +93,7 @@ def disk_full(e: Exception, where: Path) -> bool:
 
 def write_error(final: Path, file: str, e: Exception, full: bool) -> CheckpointWriteError:
     """One message: which checkpoint, why, what to do, and what is still there to resume from."""
-    previous = latest_checkpoint(final.parent.parent)
+    previous = latest_checkpoint(run_dir_of(final))
     kept = (f"the previous checkpoint {previous} is intact (train.resume_from=latest resumes from it)"
             if previous else "no earlier checkpoint exists")
     if full:
@@ -110,18 +105,26 @@ def write_error(final: Path, file: str, e: Exception, full: bool) -> CheckpointW
     return CheckpointWriteError(code, f"cannot write checkpoint {final} ({file}): {cause}. {fix}; {kept}.")
 
 
-def load_connector_weights(path: Path) -> tuple[dict, dict]:
-    """(state dict, connector.json) of a checkpoint folder."""
-    if not (path / "connector.safetensors").exists():
-        raise FileNotFoundError(f"'{path}' is not a connector checkpoint (no connector.safetensors)")
-    return load_file(str(path / "connector.safetensors")), json.loads((path / "connector.json").read_text())
-
-
 def load_trainer_state(path: Path) -> dict:
-    return torch.load(path / "trainer_state.pt", weights_only=True)  # no pickled code from a checkpoint
+    return torch.load(path / TRAINER_STATE_FILE, weights_only=True)  # no pickled code from a checkpoint
 
 
-def latest_checkpoint(out_dir: Path) -> Path | None:
-    found = sorted((p for p in (out_dir / "checkpoints").glob("step_*") if p.is_dir()),
-                   key=lambda p: int(p.name.split("_")[1]))
-    return found[-1] if found else None
+def resume_path(out_dir: Path, given: str) -> Path:
+    """The checkpoint train.resume_from names: `latest` in the output dir, or a folder."""
+    path = latest_checkpoint(out_dir) if given == "latest" else Path(given)
+    if path is None or not (path / TRAINER_STATE_FILE).exists():
+        raise FileNotFoundError(f"train.resume_from={given!r}: no checkpoint found (looked in {out_dir})")
+    return path
+
+
+def restore_trial(trial, path: Path) -> dict:
+    """Puts the checkpoint's weights, optimizer, schedule, evals and RNG back into the trial; returns the
+    trainer state (step, timing)."""
+    weights, _ = load_connector_weights(path)
+    trial.connector.load_state_dict(weights)
+    state = load_trainer_state(path)
+    trial.optimizer.load_state_dict(state["optimizer"])
+    trial.scheduler.load_state_dict(state["scheduler"])
+    trial.evals = state["evals"]
+    restore_rng(state["rng"])
+    return state

@@ -1,26 +1,69 @@
-"""The parts a run is built from: device and precision, datasets and the order batches come in."""
+"""Everything a run is built from before its first step, returned as one `Run`: the ranks, device and
+precision, the frozen backbone, the data (split, golden set, feature cache) and its loaders, the speed-ups
+that pay on this device, every trial's connector and optimizer, and the state a resume restores."""
 from __future__ import annotations
 
-import functools
-import itertools
 import math
 import os
-import random
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
-from vlmtrack.config import Config, ConfigError
-from vlmtrack.data.dataset import CaptionDataset, collate, join_batches
-from vlmtrack.train import distributed as dist
+import vlmtrack
+from vlmtrack.config import Config, ConfigError, dump_yaml, flatten
+from vlmtrack.data.dataset import CaptionDataset
+from vlmtrack.data.llava import DataError
+from vlmtrack.data.loader import chunks, data_workers, eval_pieces, loader, rank_shard, seeded_subset
+from vlmtrack.data.pipeline import RunData, prepare_data
+from vlmtrack.model.backbone import Backbone, load_backbone
+from vlmtrack.model.connector import Connector
+from vlmtrack.model.feature_cache import store_for_run
+from vlmtrack.model.kernels import compile_body, compile_connector, compile_tower, use_compile, use_fused_kernels
+from vlmtrack.runtime import distributed as dist
+from vlmtrack.runtime.device import device_and_dtype
+from vlmtrack.tracking.base import NullTracker
+from vlmtrack.train import checkpoint as ckpt
+from vlmtrack.train.graphed import use_cuda_graphs
+from vlmtrack.train.trial import Trial, check_shareable
 
 
-def device_and_dtype(cfg: Config) -> tuple[torch.device, torch.dtype]:
-    t = cfg.train
-    name = t.device if t.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
-    device = dist.device_for(name)
-    precision = t.precision if t.precision != "auto" else ("bf16" if device.type == "cuda" else "fp32")
-    return device, torch.bfloat16 if precision == "bf16" else torch.float32
+@dataclass
+class Run:
+    """A run's fixed parts, and the few things that change as it goes (active trials, timing)."""
+    cfg: Config  # the first trial's: everything but PER_TRIAL_KEYS is the same for all
+    trials: list[Trial]
+    active: list[Trial]  # the trials still training (a non-finite loss drops one)
+    log: object
+    device: torch.device
+    dtype: torch.dtype
+    backbone: Backbone
+    data: RunData
+    train_set: CaptionDataset
+    eval_set: CaptionDataset
+    steps_per_epoch: int
+    total_steps: int
+    workers: int
+    pin: bool
+    graphs_on: bool
+    eval_batches: list[list[int]]  # this rank's shard of the eval split, in batches
+    quick_batches: list[list[int]]
+    ablation_batches: list[list[int]]
+    eval_pieces: int
+    start_step: int = 0
+    timing: dict = field(default_factory=lambda: {"step_s": [], "data_wait_s": [], "full_eval_s": [], "golden_s": []})
+
+    @property
+    def main(self) -> bool:
+        return dist.is_main()
+
+    def connectors(self) -> list[Connector]:
+        return [tr.connector for tr in self.active]
+
+    def eval_loader(self, batches: list[list[int]]):
+        e = self.cfg.eval
+        return loader(self.eval_set, batches, self.backbone.pad_id, self.workers, self.pin, e.batch_size,
+                      self.eval_pieces)
 
 
 def check_writable(out_dir: Path) -> None:
@@ -34,132 +77,6 @@ def check_writable(out_dir: Path) -> None:
         raise ConfigError(f"output directory '{out_dir}' is not writable ({e.strerror}): set train.output_dir") from None
 
 
-def chunks(positions: list[int], size: int) -> list[list[int]]:
-    """Near-equal consecutive chunks of at most `size`: no trailing batch of one (a derangement needs two)."""
-    n = math.ceil(len(positions) / size)
-    bounds = [round(i * len(positions) / n) for i in range(n + 1)]
-    return [positions[a:b] for a, b in zip(bounds, bounds[1:])]
-
-
-def seeded_subset(positions: list[int], n: int, seed: int) -> list[int]:
-    if n >= len(positions):
-        return list(positions)
-    return sorted(random.Random(seed).sample(positions, n))
-
-
-def epoch_order(num_train: int, seed: int, epoch: int) -> list[int]:
-    """The order of the train split in one epoch: a function of (seed, epoch) only, so a resumed run
-    (on any number of ranks) finds its place from the global sample index alone."""
-    g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
-    return torch.randperm(num_train, generator=g).tolist()
-
-
-def epoch_batches(order: list[int], batch_size: int, lengths: list[int] | None, seed: int, epoch: int) -> list[list[int]]:
-    """An epoch's batches. With `lengths`, samples are sorted by length within windows of 64 batches (so
-    a batch pads little) and the batches of a window shuffled: still a function of (seed, epoch) only."""
-    steps = len(order) // batch_size
-    if lengths is None:
-        return [order[i * batch_size:(i + 1) * batch_size] for i in range(steps)]
-    rng = random.Random(seed * 1_000_003 + epoch)
-    out, window = [], 64 * batch_size
-    for start in range(0, steps * batch_size, window):
-        chunk = sorted(order[start:min(start + window, steps * batch_size)], key=lambda i: lengths[i])
-        group = [chunk[i:i + batch_size] for i in range(0, len(chunk), batch_size)]
-        rng.shuffle(group)
-        out += group
-    return out
-
-
-def rank_slice(batch: list[int], rank: int, world: int) -> list[int]:
-    """This rank's contiguous share of a global batch (sizes differ by at most one)."""
-    n = len(batch)
-    return batch[rank * n // world:(rank + 1) * n // world]
-
-
-def rank_shard(batches: list[list[int]], rank: int, world: int) -> list[list[int]]:
-    """Whole eval batches dealt round-robin: a batch is the same on any number of ranks, so are its losses."""
-    return batches[rank::world]
-
-
-def train_batches(dataset: CaptionDataset, batch_size: int, seed: int, start_step: int, pad_id: int,
-                  num_workers: int, pin: bool = False, lengths: list[int] | None = None,
-                  rank: int = 0, world: int = 1, stop_step: int | None = None):
-    """Batches from step `start_step` up to `stop_step` (None: forever); an epoch is num_train // batch_size
-    steps. One loader serves every epoch, so its workers are started once, not at each epoch boundary (a
-    small split at a large batch has an epoch every few steps). A loader that knows its last batch goes
-    idle once that is decoded: one that reads on keeps its workers decoding batches nobody takes while
-    the run's last eval and golden dump need the cores. With several ranks, each reads its slice of every
-    global batch: the global batches and steps are those of one rank, so a resume may change the rank count."""
-    steps_per_epoch = len(dataset) // batch_size
-    first_epoch, offset = divmod(start_step, steps_per_epoch)
-
-    def order():
-        for epoch in itertools.count(first_epoch):
-            batches = epoch_batches(epoch_order(len(dataset), seed, epoch), batch_size, lengths, seed, epoch)
-            for batch in batches[offset if epoch == first_epoch else 0:]:
-                yield rank_slice(batch, rank, world)
-
-    planned = order() if stop_step is None else itertools.islice(order(), max(0, stop_step - start_step))
-    return iter(loader(dataset, planned, pad_id, num_workers, pin, -(-batch_size // world)))
-
-
-def data_workers(setting: int, device: torch.device) -> int:
-    """-1 = sized to the machine: on CUDA every core but the one driving the GPU (at most 12; the cores
-    shared among the ranks of a torchrun host); on CPU none, since the training threads need the cores
-    and decoding in the main process costs less than a worker."""
-    if setting >= 0:
-        return setting
-    cores = (os.cpu_count() or 1) // dist.world_size()
-    return min(12, max(0, cores - 1)) if device.type == "cuda" else 0
-
-
-# Batches the workers hold ready, at most this many bytes of them: each one in flight is in shared memory,
-# and once more in pinned memory, and every new pinned block is a cudaHostAlloc that stalls the training
-# thread's launches. H200, large preset, batch 256 cached (430 MB a batch): 14 workers x prefetch 4 had
-# 56 batches in flight, and steps 5-12 took 0.9-1.6 s against 0.42 s once the pinned blocks were cached.
-IN_FLIGHT_BYTES = 4 * 2**30
-MAX_PREFETCH = 4
-
-
-def loader_sizing(num_workers: int, batch_bytes: int) -> tuple[int, int]:
-    """(workers, prefetch per worker) for batches of `batch_bytes` (0 = unknown: no cap), keeping
-    workers x prefetch batches under IN_FLIGHT_BYTES but never fewer than two batches in flight."""
-    if num_workers == 0 or batch_bytes <= 0:
-        return num_workers, MAX_PREFETCH
-    slots = max(2, IN_FLIGHT_BYTES // batch_bytes)
-    workers = min(num_workers, slots)
-    return workers, max(1, min(MAX_PREFETCH, slots // workers))
-
-
-def loader(dataset: CaptionDataset, batches, pad_id: int, num_workers: int, pin: bool = False,
-           batch_size: int = 0, pieces: int = 1):
-    """Batches in the given order; workers decode ahead (prefetch) into pinned memory on CUDA, as many
-    batches ahead as loader_sizing allows for `batch_size` samples a batch (0: the full prefetch).
-    With `pieces` > 1 (a list of batches), each batch is loaded as that many pieces, by as many workers
-    at once, and joined again in order: the same batches, the first of them sooner. Neither the pieces nor
-    the joined batches are pinned: that would copy every batch twice more on the main thread, which feeds
-    the GPU."""
-    if pieces > 1:
-        split = [chunks(b, -(-len(b) // pieces)) for b in batches]
-        parts = iter(loader(dataset, [p for s in split for p in s], pad_id, num_workers, False,
-                            -(-batch_size // pieces)))
-        return (join_batches([next(parts) for _ in s], pad_id) for s in split)
-    workers, prefetch = loader_sizing(num_workers, batch_size * dataset.vision_bytes())
-    extra = {"prefetch_factor": prefetch} if workers > 0 else {}
-    return torch.utils.data.DataLoader(dataset, batch_sampler=batches, num_workers=workers,
-                                       collate_fn=functools.partial(collate, pad_id=pad_id),
-                                       persistent_workers=False, pin_memory=pin, **extra)
-
-
-def eval_pieces(batch_size: int, num_workers: int, decodes_images: bool) -> int:
-    """How many pieces an eval loader splits a batch into: where workers decode JPEGs, one worker decoding a
-    whole eval batch alone kept the GPU waiting for it (~1.7 s for 256 at the start of every full eval,
-    H200, small preset); pieces of 32 go to several workers at once. Cached features load fast whole."""
-    if not decodes_images or num_workers < 2:
-        return 1
-    return max(1, min(num_workers, batch_size // 32))
-
-
 def lr_lambda(warmup: int, total: int, schedule: str):
     def f(update: int) -> float:
         if warmup and update < warmup:
@@ -169,3 +86,122 @@ def lr_lambda(warmup: int, total: int, schedule: str):
             return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
         return 1.0
     return f
+
+
+def set_up_run(trials: list[Trial], log=print) -> Run:
+    check_shareable(trials)
+    base = trials[0].cfg
+    t, e = base.train, base.eval
+    world = dist.world_size()
+    if not dist.is_main():  # under torchrun every rank trains; rank 0 alone logs and writes files
+        log = lambda *_: None  # noqa: E731
+        for trial in trials:
+            trial.tracker = NullTracker()
+    if t.batch_size < world:
+        raise ValueError(f"train.batch_size={t.batch_size} is the global batch: it needs one sample for each "
+                         f"of the {world} ranks")
+    for trial in trials:
+        check_writable(trial.out_dir)
+    device, dtype = device_and_dtype(base)
+    torch.manual_seed(t.seed)
+    # frozen towers are stored in the compute dtype
+    backbone = load_backbone(base.model.llm, base.model.vision, dtype, base.model.trust_remote_code).to(device)
+    sequences_per_step = t.batch_size // world * len(trials)
+    graphs_on = use_cuda_graphs(t.cuda_graphs, device, sequences_per_step)
+    workers, pin = data_workers(base.data.num_workers, device), device.type == "cuda"
+    data, train_set, eval_set = load_data(trials, backbone, device, workers, log)
+    steps_per_epoch = len(train_set) // t.batch_size
+    if steps_per_epoch == 0:
+        raise ValueError(f"train split has {len(train_set)} samples, fewer than train.batch_size={t.batch_size}")
+    total_steps = t.train_steps or t.num_epochs * steps_per_epoch
+    compiled = apply_speedups(base, backbone, device, sequences_per_step, graphs_on, total_steps, log)
+    quick = seeded_subset(list(range(len(eval_set))), t.quick_eval_size, t.seed)
+    ablation = seeded_subset(list(range(len(eval_set))), e.ablation_samples, e.ablation_seed)
+    run = Run(base, trials, list(trials), log, device, dtype, backbone, data, train_set, eval_set, steps_per_epoch,
+              total_steps, workers, pin, graphs_on, eval_batches=rank_batches(list(range(len(eval_set))), e.batch_size),
+              quick_batches=rank_batches(quick, e.batch_size), ablation_batches=rank_batches(ablation, e.batch_size),
+              eval_pieces=eval_pieces(e.batch_size, workers, data_is_live(train_set)))
+    for trial in trials:
+        start_trial(run, trial, compiled)
+    log(f"[data] train={len(train_set)} eval={len(eval_set)} buckets={data.split.bucket_counts} "
+        f"split={data.split.eval_hash} golden={data.golden_hash}")
+    if t.resume_from:
+        resume(run)
+    return run
+
+
+def rank_batches(positions: list[int], batch_size: int) -> list[list[int]]:
+    """This rank's eval batches: each rank evaluates its shard, and evaluate() adds the ranks' sums up."""
+    return rank_shard(chunks(positions, batch_size), dist.rank(), dist.world_size())
+
+
+def data_is_live(dataset: CaptionDataset) -> bool:
+    """Its workers decode JPEGs (no feature cache): eval batches then load in pieces."""
+    return dataset.features is None
+
+
+def load_data(trials: list[Trial], backbone: Backbone, device: torch.device, workers: int, log):
+    """The split, golden set and feature cache (written once, by rank 0), and the train and eval sets."""
+    base = trials[0].cfg
+    with dist.main_first():
+        data = prepare_data(base, backbone.tokenizer, trials[0].out_dir)
+        features = store_for_run(base, backbone, data, device, workers, log)
+    for trial in trials:
+        if trial.expected_hashes and trial.expected_hashes != (data.split.eval_hash, data.golden_hash):
+            raise DataError(f"{trial.name}: eval split/golden set {data.split.eval_hash}/"
+                            f"{data.golden_hash} differ from the sweep's {trial.expected_hashes}: refused")
+
+    def dataset(positions, on_bad_image="fail"):
+        return CaptionDataset(data.samples, data.metas, positions, backbone.tokenizer, backbone.image_processor,
+                              data.image_root, backbone.image_token_id, base.model.num_latents,
+                              base.data.max_seq_len, on_bad_image, features, backbone.tower_dtype)
+
+    return data, dataset(data.split.train, base.data.on_bad_image), dataset(data.split.eval)
+
+
+def apply_speedups(cfg: Config, backbone: Backbone, device: torch.device, sequences_per_step: int, graphs_on: bool,
+                   total_steps: int, log) -> bool:
+    """Fused kernels and torch.compile where they pay on this device; True when compiled."""
+    t = cfg.train
+    compiled = use_compile(t.compile, device, sequences_per_step, graphs_on, total_steps)
+    backbone.fused_ce = use_fused_kernels(backbone.llm, device, t.kernels, log, sequences_per_step, graphs_on, compiled)
+    if compiled:
+        backbone.compiled_body = compile_body(backbone.llm)
+        compile_tower(backbone.tower)
+        log("[compile] torch.compile of the LLM's decoder layers (training forward) and the vision tower's "
+            "(compiles at the first step)")
+    return compiled
+
+
+def start_trial(run: Run, trial: Trial, compiled: bool) -> None:
+    """The trial's connector (seeded alike alone or side by side), optimizer and schedule; its config,
+    params and provenance tags logged."""
+    m, tc, backbone, data = trial.cfg.model, trial.cfg.train, run.backbone, run.data
+    torch.manual_seed(tc.seed)
+    trial.connector = Connector(backbone.vision_dim, backbone.llm_dim, m.num_latents, m.resampler_depth,
+                                m.resampler_heads, m.resampler_ffn_mult, m.vision_ln).to(run.device)
+    trial.train_forward = compile_connector(trial.connector) if compiled else trial.connector
+    trial.optimizer = torch.optim.AdamW(trial.connector.parameters(), lr=tc.lr, weight_decay=tc.weight_decay,
+                                        fused=run.device.type == "cuda")
+    total_updates = math.ceil(run.total_steps / tc.gradient_accum)
+    trial.scheduler = torch.optim.lr_scheduler.LambdaLR(
+        trial.optimizer, lr_lambda(tc.warmup_steps, total_updates, tc.lr_schedule))
+    if run.main:
+        dump_yaml(trial.cfg, trial.out_dir / "config.yaml")
+    trial.tracker.log_params(flatten(trial.cfg))
+    trial.tracker.set_tags({
+        "split_hash": data.split.eval_hash, "train_split_hash": data.split.train_hash,
+        "golden_hash": data.golden_hash, "llm": m.llm, "vision": m.vision, "device": str(run.device),
+        "ranks": dist.world_size(), "vlmtrack_version": vlmtrack.__version__, "dataset": data.dataset_name,
+    })
+    n_params = sum(p.numel() for p in trial.connector.parameters())
+    frozen = sum(p.numel() for p in backbone.llm.parameters()) + sum(p.numel() for p in backbone.tower.parameters())
+    run.log(f"[model] {trial.name}: connector {n_params:,} trainable parameters; LLM + vision tower {frozen:,} frozen")
+
+
+def resume(run: Run) -> None:
+    """Every trial continues from its own checkpoint, at the same step."""
+    for trial in run.trials:
+        state = ckpt.restore_trial(trial, ckpt.resume_path(trial.out_dir, trial.cfg.train.resume_from))
+        run.start_step, run.timing = state["step"], state["timing"]
+    run.log(f"[resume] from step {run.start_step} (global sample index {run.start_step * run.cfg.train.batch_size})")

@@ -3,8 +3,8 @@ import random
 import torch
 
 from tests.data.test_dataset import tiny_dataset
-from vlmtrack.train.setup import (IN_FLIGHT_BYTES, MAX_PREFETCH, chunks, data_workers, epoch_batches, epoch_order,
-                                  eval_pieces, loader, loader_sizing, train_batches)
+from vlmtrack.data.loader import (IN_FLIGHT_BYTES, MAX_PREFETCH, chunks, data_workers, epoch_batches, epoch_order,
+                                 eval_pieces, loader, loader_sizing, train_batches)
 
 
 def test_length_grouped_batches_cover_the_epoch_and_pad_less():

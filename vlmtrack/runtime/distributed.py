@@ -115,17 +115,3 @@ def teardown() -> None:
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
     _counts_group = None
-
-
-class NullTracker:
-    """What the ranks other than 0 log to: nothing (rank 0 holds the one MLflow run)."""
-    run_id = None
-    experiment_id = None
-
-    def log_params(self, params): pass
-    def set_tags(self, tags): pass
-    def log_metrics(self, metrics, step): pass
-    def log_table(self, rows, artifact_file, image_root=None, image_column=None): pass
-    def log_artifact(self, path, artifact_path=None): pass
-    def log_figure(self, figure, artifact_file): pass
-    def finish(self, status="FINISHED", error=None): pass

@@ -1,0 +1,48 @@
+"""Where a run's connector checkpoints live and how one is read back. The one owner of the layout:
+
+    <output_dir>/checkpoints/step_{k}/connector.safetensors   weights
+    <output_dir>/checkpoints/step_{k}/connector.json          connector config + the towers it belongs to
+    <output_dir>/checkpoints/step_{k}/trainer_state.pt        optimizer, scheduler, RNG, step (training's own)
+
+The same `checkpoints/step_{k}` path names a checkpoint among a run's MLflow artifacts."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from safetensors.torch import load_file
+
+CHECKPOINTS = "checkpoints"
+WEIGHTS_FILE = "connector.safetensors"
+META_FILE = "connector.json"
+TRAINER_STATE_FILE = "trainer_state.pt"
+
+
+def checkpoint_name(step: int) -> str:
+    """`checkpoints/step_{k}`: the checkpoint's folder below the output dir, and its artifact path."""
+    return f"{CHECKPOINTS}/step_{step}"
+
+
+def checkpoint_dir(out_dir: Path, step: int) -> Path:
+    return out_dir / checkpoint_name(step)
+
+
+def checkpoint_step(folder: Path) -> int:
+    return int(folder.name.split("_")[1])
+
+
+def run_dir_of(folder: Path) -> Path:
+    """The output dir a checkpoint folder belongs to (its config.yaml lies there)."""
+    return folder.parent.parent
+
+
+def latest_checkpoint(out_dir: Path) -> Path | None:
+    found = sorted((p for p in (out_dir / CHECKPOINTS).glob("step_*") if p.is_dir()), key=checkpoint_step)
+    return found[-1] if found else None
+
+
+def load_connector_weights(path: Path) -> tuple[dict, dict]:
+    """(state dict, connector.json) of a checkpoint folder."""
+    if not (path / WEIGHTS_FILE).exists():
+        raise FileNotFoundError(f"'{path}' is not a connector checkpoint (no {WEIGHTS_FILE})")
+    return load_file(str(path / WEIGHTS_FILE)), json.loads((path / META_FILE).read_text())
