@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from vlmtrack.tracking.mlflow_tracker import DEFAULT_EXPERIMENT
+from vlmtrack.tracking.sweep_table import format_table
 
 PARENT_TAG = "mlflow.parentRunId"
 WINNER_TAG = "winner_run_id"  # set on the sweep run that holds the summary (sweep/summary.py)
@@ -188,8 +189,6 @@ def _cell(value) -> str:
 
 
 def sweep_section(client, sweep) -> list[str]:
-    from vlmtrack.sweep.summary import format_table
-
     rows = load_table(client, sweep.info.run_id, "sweep/summary.json")
     winner = sweep.data.tags.get(WINNER_TAG)
     header, *lines = format_table(rows).splitlines()
