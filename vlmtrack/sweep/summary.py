@@ -15,6 +15,7 @@ import pandas as pd  # noqa: E402
 from optuna.trial import TrialState  # noqa: E402
 
 from vlmtrack.config import SWEEP_AXES, Config, describe_point, dump_yaml, set_axes  # noqa: E402
+from vlmtrack.data.golden import qual_files  # noqa: E402
 from vlmtrack.sweep import study as S  # noqa: E402
 from vlmtrack.tracking.sweep_table import axis_columns, axis_params, format_table  # noqa: E402
 
@@ -60,8 +61,7 @@ def golden_side_by_side(rows: list[dict]) -> list[dict]:
     """Rows = golden items; one prediction column per trial (generic-caption collapse shows at a glance)."""
     table: dict[str, dict] = {}
     for r in rows:
-        files = sorted(Path(r["output_dir"]).glob("qual/step_*_golden*.jsonl"),
-                       key=lambda p: int(p.name.split("_")[1]))
+        files = qual_files(Path(r["output_dir"]))
         if not files:
             continue
         column = point_label(r, " ")
