@@ -85,6 +85,7 @@ def _ablate(args) -> None:
 
 
 def _golden(args) -> None:
+    from vlmtrack.data.golden import QUAL_DIR, golden_table_file
     from vlmtrack.eval.golden_gen import generate_golden, write_golden
     from vlmtrack.tracking.session import tracked_run
 
@@ -100,8 +101,8 @@ def _golden(args) -> None:
         lc.cfg.train.run_name = f"golden-{lc.cfg.train.run_name}-step{lc.step}"
         with tracked_run(lc.cfg, training=False, experiment=args.experiment) as tracker:
             tracker.set_tags({"checkpoint": args.checkpoint, "golden_hash": lc.data.golden_hash})
-            tracker.log_artifact(path, "qual")
-            tracker.log_table(records, f"golden/step_{lc.step}_golden{len(records)}.json",
+            tracker.log_artifact(path, QUAL_DIR)
+            tracker.log_table(records, golden_table_file(lc.step, len(records)),
                               image_root=lc.data.image_root, image_column="image_relpath")
 
 

@@ -109,6 +109,43 @@ class SweepConfig:
     heartbeat_s: float = 30.0  # Optuna heartbeat; a trial silent for 4x this is taken as dead and retried
 
 
+@dataclass(frozen=True)
+class SweepAxis:
+    """One axis of the sweep grid. Every place that names the axis (study, summary, plots, report, bench)
+    reads it from here, so an axis is added by one SWEEP_AXES line and its SweepConfig values field."""
+    name: str  # the Optuna param name; also `winner.<name>` and the contour plot's file name
+    key: str  # the config key a trial's value sets
+    label: str  # its column in the summary table, CSV and JSON
+    type: type  # what its values are coerced to
+    values_field: str  # the SweepConfig field listing its values
+    short: str  # its tag in trial run names and chart labels
+
+    def values(self, cfg: Config) -> list:
+        return list(getattr(cfg.sweep, self.values_field))
+
+    def shown(self, value) -> str:
+        return format(value, "g") if self.type is float else str(value)
+
+    def run_tag(self, value) -> str:
+        """`lr5e-05`, `ln1`: the axis in a trial's run name and folder (no `=`, no spaces)."""
+        return f"{self.short}{int(value)}" if self.type is bool else f"{self.short}{self.shown(value)}"
+
+    def chart_label(self, value) -> str:
+        """`lr=5e-05`, `ln=on`: the axis under a score bar and over a golden captions column."""
+        return f"{self.short}={('on' if value else 'off') if self.type is bool else self.shown(value)}"
+
+    def log_text(self, value) -> str:
+        """`lr=5e-05`, `vision_ln=True`: the axis in log lines."""
+        return f"{self.name}={self.shown(value)}"
+
+
+SWEEP_AXES = (
+    SweepAxis("lr", "train.lr", "LR", float, "lr", "lr"),
+    SweepAxis("vision_ln", "model.vision_ln", "vision_ln", bool, "vision_ln", "ln"),
+)
+SWEEP_AXIS_KEYS = frozenset(axis.key for axis in SWEEP_AXES)  # the config keys a trial's grid point sets
+
+
 @dataclass
 class Config:
     data: DataConfig = field(default_factory=DataConfig)
@@ -189,6 +226,17 @@ def set_key(cfg: Config, dotted: str, value) -> None:
         valid = [f"{section}.{k}" for k in types]
         raise ConfigError(f"unknown config key '{dotted}'" + _suggest(f"{section}.{key}", valid))
     setattr(sub, key, _coerce(value, types[key], dotted))
+
+
+def set_axes(cfg: Config, params: dict) -> None:
+    """Sets a grid point (Optuna params, keyed by axis name) on cfg."""
+    for axis in SWEEP_AXES:
+        set_key(cfg, axis.key, axis.type(params[axis.name]))
+
+
+def describe_point(params: dict) -> str:
+    """`lr=5e-05 vision_ln=True`: a grid point in log lines."""
+    return " ".join(axis.log_text(params[axis.name]) for axis in SWEEP_AXES)
 
 
 def from_dict(raw: dict, source: str = "config") -> Config:

@@ -13,7 +13,7 @@ from mlflow import MlflowClient
 from tests.helpers.tiny_models import tiny_config
 from vlmtrack.cli import main
 from vlmtrack.config import dump_yaml
-from vlmtrack.sweep.summary import format_table
+from vlmtrack.tracking.sweep_table import format_table
 from vlmtrack.tracking.report import ReportError, build_report
 
 REPO = Path(__file__).resolve().parents[2]

@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 import yaml
 
-from vlmtrack.config import Config
+from vlmtrack.config import Config, set_axes
 from vlmtrack.demo import synth
 from vlmtrack.tracking.base import JsonlTracker
 from vlmtrack.train.loop import Trial, train_trials
@@ -175,7 +175,7 @@ def sweep_time(cfg: Config, steps: int, side_by_side: bool, log) -> tuple[float,
     for lr in (5e-5, 1e-4, 2e-4):
         for ln in (False, True):
             tc = copy.deepcopy(cfg)
-            tc.train.lr, tc.model.vision_ln = lr, ln
+            set_axes(tc, {"lr": lr, "vision_ln": ln})
             tc.train.run_name = f"lr{lr:g}_ln{int(ln)}"
             tc.train.output_dir = str(Path(cfg.train.output_dir) / tc.train.run_name)
             tc.train.train_steps, tc.train.batch_size = steps, 4

@@ -4,6 +4,7 @@ from __future__ import annotations
 import hashlib
 import json
 import random
+import re
 from pathlib import Path
 
 from vlmtrack.data.llava import DataError, Sample, SampleMeta
@@ -13,6 +14,41 @@ from vlmtrack.files import write_jsonl
 
 def default_golden_path(dataset_name: str, size: int) -> Path:
     return Path("data/golden") / f"{dataset_name}_golden{size}.jsonl"
+
+
+# The names a run gives its golden captions: here alone, since the loop and `vlmtrack golden` write them
+# and the sweep summary and `vlmtrack report` find them again by parsing the step back out.
+QUAL_DIR = "qual"  # a run's output folder and artifact folder for the per-step caption files
+GOLDEN_TABLE_DIR = "golden"  # the run's artifact folder for the golden caption tables
+_GOLDEN_TABLE = re.compile(rf"{GOLDEN_TABLE_DIR}/step_(\d+)_golden\d+\.json$")
+_QUAL_FILE = re.compile(r"step_(\d+)_golden\d+\.jsonl$")
+
+
+def golden_table_file(step: int, size: int) -> str:
+    """The MLflow table (artifact path) of the golden captions generated at `step`."""
+    return f"{GOLDEN_TABLE_DIR}/step_{step}_golden{size}.json"
+
+
+def golden_table_step(path: str) -> int | None:
+    """The step of a golden_table_file path; None for any other artifact."""
+    m = _GOLDEN_TABLE.search(path)
+    return int(m.group(1)) if m else None
+
+
+def qual_file(out_dir: Path, step: int, size: int) -> Path:
+    """The jsonl of the golden captions generated at `step`, in a run's output folder."""
+    return Path(out_dir) / QUAL_DIR / f"step_{step}_golden{size}.jsonl"
+
+
+def _qual_step(path: Path) -> int | None:
+    m = _QUAL_FILE.fullmatch(path.name)
+    return int(m.group(1)) if m else None
+
+
+def qual_files(out_dir: Path) -> list[Path]:
+    """A run's qual_file jsonls, the earliest step first."""
+    files = [p for p in (Path(out_dir) / QUAL_DIR).glob("step_*_golden*.jsonl") if _qual_step(p) is not None]
+    return sorted(files, key=_qual_step)
 
 
 def build_golden(split: Split, metas: list[SampleMeta], samples: list[Sample], names: list[str],

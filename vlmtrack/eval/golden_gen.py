@@ -8,6 +8,7 @@ from pathlib import Path
 import torch
 
 from vlmtrack.data.dataset import collate_prompts, pixel_values
+from vlmtrack.data.golden import qual_file
 from vlmtrack.data.prompt import end_of_turn_id, expanded_prompt_ids
 from vlmtrack.files import write_jsonl
 from vlmtrack.model.kernels import sdpa_without_cudnn
@@ -71,6 +72,6 @@ def generate_golden(backbone, connectors: list, golden: list[dict], human_by_id:
 
 
 def write_golden(records: list[dict], out_dir: Path, step: int, size: int) -> Path:
-    path = out_dir / "qual" / f"step_{step}_golden{size}.jsonl"
+    path = qual_file(out_dir, step, size)
     write_jsonl(path, records)
     return path

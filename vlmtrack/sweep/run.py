@@ -9,7 +9,7 @@ from typing import Callable
 
 import optuna
 
-from vlmtrack.config import Config
+from vlmtrack.config import Config, describe_point
 from vlmtrack.data.pipeline import prepare_data
 from vlmtrack.sweep import study as S
 from vlmtrack.sweep.groups import choose_group_size
@@ -95,8 +95,7 @@ def run_sweep(cfg: Config, parent, make_tracker, tokenizer_for_hashes, log=print
                           "sweep_worker": S.worker_name()})
         t.set_user_attr("mlflow_run_id", tracker.run_id)
         t.set_user_attr("output_dir", tc.train.output_dir)
-        log(f"[sweep] trial {t.number}: lr={t.params['lr']:g} vision_ln={t.params['vision_ln']} "
-            f"-> {tc.train.output_dir}")
+        log(f"[sweep] trial {t.number}: {describe_point(t.params)} -> {tc.train.output_dir}")
         return Trial(tc, tracker, expected_hashes=(data.split.eval_hash, data.golden_hash))
 
     while True:

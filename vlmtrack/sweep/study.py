@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import itertools
 import json
 import os
 import random
@@ -24,18 +25,20 @@ import optuna
 from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback, fail_stale_trials
 from optuna.trial import TrialState
 
-from vlmtrack.config import Config
+from vlmtrack.config import SWEEP_AXES, Config, set_axes
 from vlmtrack.data.llava import DataError
 
 STOOD_DOWN = "stood_down"  # user attr of a trial that did not train: its point belongs to another trial
 
 
 def grid(cfg: Config) -> dict[str, list]:
-    return {"lr": list(cfg.sweep.lr), "vision_ln": list(cfg.sweep.vision_ln)}
+    return {axis.name: axis.values(cfg) for axis in SWEEP_AXES}
 
 
 def grid_points(cfg: Config) -> list[dict]:
-    return [{"lr": float(lr), "vision_ln": bool(ln)} for lr in cfg.sweep.lr for ln in cfg.sweep.vision_ln]
+    """Every grid point, the last axis varying fastest."""
+    values = [[axis.type(v) for v in axis.values(cfg)] for axis in SWEEP_AXES]
+    return [{axis.name: v for axis, v in zip(SWEEP_AXES, point)} for point in itertools.product(*values)]
 
 
 def sweep_dir(cfg: Config) -> Path:
@@ -82,7 +85,7 @@ def pin_hashes(study: optuna.Study, split_hash: str, golden_hash: str) -> None:
 
 
 def point_key(params: dict) -> str:
-    return json.dumps({"lr": float(params["lr"]), "vision_ln": bool(params["vision_ln"])}, sort_keys=True)
+    return json.dumps({axis.name: axis.type(params[axis.name]) for axis in SWEEP_AXES}, sort_keys=True)
 
 
 def _point(t) -> str | None:
@@ -136,8 +139,8 @@ def pop_trials(study: optuna.Study, cfg: Config, k: int) -> list[optuna.Trial]:
             trial.set_user_attr(STOOD_DOWN, "not from the queue")
             tell(study, trial, failed=True)
             break
-        trial.suggest_categorical("lr", list(cfg.sweep.lr))
-        trial.suggest_categorical("vision_ln", list(cfg.sweep.vision_ln))
+        for axis in SWEEP_AXES:
+            trial.suggest_categorical(axis.name, axis.values(cfg))
         if stands_down(study, trial):
             trial.set_user_attr(STOOD_DOWN, "another trial owns this grid point")
             tell(study, trial, failed=True)
@@ -182,9 +185,8 @@ def heartbeats(study: optuna.Study, trials: list[optuna.Trial], every: float):
 def trial_config(cfg: Config, trial: optuna.Trial) -> Config:
     """The base config with this grid point, its own run name and its own output directory."""
     tc = copy.deepcopy(cfg)
-    lr, ln = trial.params["lr"], trial.params["vision_ln"]
-    name = f"trial{trial.number:03d}_lr{lr:g}_ln{int(ln)}"
-    tc.train.lr, tc.model.vision_ln = float(lr), bool(ln)
+    name = f"trial{trial.number:03d}_" + "_".join(axis.run_tag(trial.params[axis.name]) for axis in SWEEP_AXES)
+    set_axes(tc, trial.params)
     tc.train.run_name = name
     tc.train.output_dir = str(sweep_dir(cfg) / name)
     tc.train.resume_from = ""

@@ -14,8 +14,10 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 from optuna.trial import TrialState  # noqa: E402
 
-from vlmtrack.config import Config, dump_yaml  # noqa: E402
+from vlmtrack.config import SWEEP_AXES, Config, describe_point, dump_yaml, set_axes  # noqa: E402
+from vlmtrack.data.golden import qual_files  # noqa: E402
 from vlmtrack.sweep import study as S  # noqa: E402
+from vlmtrack.tracking.sweep_table import axis_columns, axis_params, format_table  # noqa: E402
 
 
 def summary_rows(study) -> list[dict]:
@@ -28,8 +30,9 @@ def summary_rows(study) -> list[dict]:
     rows = []
     for t in best.values():
         a = t.user_attrs
-        row = {"LR": t.params["lr"], "vision_ln": bool(t.params["vision_ln"]), "eval_loss_end": a["eval_loss_end"],
-               "Δshuffle": a["delta_shuffle"], "Δzero": a["delta_zero"], "score": t.value, "Δnoise": a["delta_noise"]}
+        row = axis_columns(t.params)
+        row.update({"eval_loss_end": a["eval_loss_end"], "Δshuffle": a["delta_shuffle"], "Δzero": a["delta_zero"],
+                    "score": t.value, "Δnoise": a["delta_noise"]})
         row.update({k: v for k, v in a.items() if k.startswith("eval_loss_step")})
         row.update({"ablation_order_ok": bool(a["ablation_order_ok"]), "trial": t.number,
                     "mlflow_run_id": a.get("mlflow_run_id", ""), "output_dir": a.get("output_dir", "")})
@@ -37,9 +40,14 @@ def summary_rows(study) -> list[dict]:
     return sorted(rows, key=lambda r: r["score"])
 
 
+def point_label(row: dict, sep: str) -> str:
+    """`lr=5e-05 ln=on`: a row's grid point under its score bar and over its golden captions column."""
+    return sep.join(axis.chart_label(row[axis.label]) for axis in SWEEP_AXES)
+
+
 def score_chart(rows: list[dict]):
     fig, ax = plt.subplots(figsize=(6, 4))
-    labels = [f"lr={r['LR']:g}\nln={'on' if r['vision_ln'] else 'off'}" for r in rows]
+    labels = [point_label(r, "\n") for r in rows]
     bars = ax.bar(labels, [r["score"] for r in rows], color=["tab:green"] + ["tab:blue"] * (len(rows) - 1))
     for bar, r in zip(bars, rows):
         ax.annotate(f"{r['score']:.3f}", (bar.get_x() + bar.get_width() / 2, r["score"]), ha="center", va="bottom")
@@ -53,25 +61,16 @@ def golden_side_by_side(rows: list[dict]) -> list[dict]:
     """Rows = golden items; one prediction column per trial (generic-caption collapse shows at a glance)."""
     table: dict[str, dict] = {}
     for r in rows:
-        files = sorted(Path(r["output_dir"]).glob("qual/step_*_golden*.jsonl"),
-                       key=lambda p: int(p.name.split("_")[1]))
+        files = qual_files(Path(r["output_dir"]))
         if not files:
             continue
-        column = f"lr={r['LR']:g} ln={'on' if r['vision_ln'] else 'off'}"
+        column = point_label(r, " ")
         for line in files[-1].read_text().splitlines():
             rec = json.loads(line)
             item = table.setdefault(rec["id"], {"id": rec["id"], "image_relpath": rec["image_relpath"],
                                                 "bucket": rec["bucket"], "gt_text": rec["gt_text"]})
             item[column] = rec["pred_text"]
     return list(table.values())
-
-
-def format_table(rows: list[dict]) -> str:
-    lines = ["LR       | vision_ln | eval_loss_end | Δshuffle | Δzero  | score"]
-    for r in rows:
-        lines.append(f"{r['LR']:<8g} | {str(r['vision_ln']):<9} | {r['eval_loss_end']:<13.4f} | "
-                     f"{r['Δshuffle']:<8.4f} | {r['Δzero']:<6.4f} | {r['score']:.4f}")
-    return "\n".join(lines)
 
 
 def write_summary(study, cfg: Config, parent, log=print, image_root: Path | None = None) -> list[dict]:
@@ -87,12 +86,12 @@ def write_summary(study, cfg: Config, parent, log=print, image_root: Path | None
     parent.log_figure(score_chart(rows), "sweep/scores.png")
     win = rows[0]
     winner_cfg = copy.deepcopy(cfg)
-    winner_cfg.train.lr, winner_cfg.model.vision_ln = float(win["LR"]), bool(win["vision_ln"])
+    set_axes(winner_cfg, axis_params(win))
     winner_cfg.train.train_steps, winner_cfg.train.output_dir, winner_cfg.train.eval_at_steps = 0, "", []
     winner_cfg.train.run_name, winner_cfg.sweep.output_dir = "stage1_align_p11_winner", ""
     dump_yaml(winner_cfg, out / "winner_config.yaml")
     parent.log_artifact(out / "winner_config.yaml", "sweep")
-    parent.log_params({"winner.lr": win["LR"], "winner.vision_ln": win["vision_ln"]})
+    parent.log_params({f"winner.{name}": value for name, value in axis_params(win).items()})
     parent.set_tags({"winner_run_id": win["mlflow_run_id"], "winner_trial": win["trial"],
                      "winner_score": f"{win['score']:.4f}"})
     parent.log_metrics({"best_score": win["score"], "completed_trials": len(rows)}, 0)
@@ -101,5 +100,5 @@ def write_summary(study, cfg: Config, parent, log=print, image_root: Path | None
         root = image_root or Path(cfg.data.image_folder)
         parent.log_table(golden, "sweep/golden_side_by_side.json", image_root=root, image_column="image_relpath")
     log("[sweep] summary\n" + format_table(rows))
-    log(f"[sweep] winner: lr={win['LR']:g} vision_ln={win['vision_ln']} (trial {win['trial']}, run {win['mlflow_run_id']})")
+    log(f"[sweep] winner: {describe_point(axis_params(win))} (trial {win['trial']}, run {win['mlflow_run_id']})")
     return rows

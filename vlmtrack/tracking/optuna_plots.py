@@ -12,10 +12,13 @@ import numpy as np  # noqa: E402
 import optuna  # noqa: E402
 from optuna.visualization import matplotlib as ov  # noqa: E402
 
+from vlmtrack.config import SWEEP_AXES  # noqa: E402
+
+AXIS_PARAMS = [axis.name for axis in SWEEP_AXES]  # the Optuna params the plots draw against
 PLOTS = {  # artifact file -> how to draw it
     "sweep/optuna/optimization_history.png": lambda study: ov.plot_optimization_history(study),
-    "sweep/optuna/slice.png": lambda study: ov.plot_slice(study, params=["lr", "vision_ln"]),
-    "sweep/optuna/contour_lr_vision_ln.png": lambda study: ov.plot_contour(study, params=["lr", "vision_ln"]),
+    "sweep/optuna/slice.png": lambda study: ov.plot_slice(study, params=AXIS_PARAMS),
+    f"sweep/optuna/contour_{'_'.join(AXIS_PARAMS)}.png": lambda study: ov.plot_contour(study, params=AXIS_PARAMS),
 }
 
 

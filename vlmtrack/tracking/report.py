@@ -12,11 +12,12 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from vlmtrack.data.golden import GOLDEN_TABLE_DIR, golden_table_step
 from vlmtrack.tracking.mlflow_tracker import DEFAULT_EXPERIMENT
+from vlmtrack.tracking.sweep_table import format_table
 
 PARENT_TAG = "mlflow.parentRunId"
 WINNER_TAG = "winner_run_id"  # set on the sweep run that holds the summary (sweep/summary.py)
-GOLDEN_TABLE = re.compile(r"golden/step_(\d+)_golden\d+\.json$")
 REPORT_FILE = "report.md"
 
 
@@ -141,8 +142,8 @@ def _count(value) -> str:
 
 def golden_table_path(client, run) -> str | None:
     """The golden table of the run's last checkpoint (tag `last_checkpoint`), else the latest one."""
-    tables = {int(m.group(1)): f.path for f in client.list_artifacts(run.info.run_id, "golden")
-              if (m := GOLDEN_TABLE.search(f.path))}
+    tables = {step: f.path for f in client.list_artifacts(run.info.run_id, GOLDEN_TABLE_DIR)
+              if (step := golden_table_step(f.path)) is not None}
     if not tables:
         return None
     last = re.search(r"step_(\d+)$", run.data.tags.get("last_checkpoint", ""))
@@ -188,8 +189,6 @@ def _cell(value) -> str:
 
 
 def sweep_section(client, sweep) -> list[str]:
-    from vlmtrack.sweep.summary import format_table
-
     rows = load_table(client, sweep.info.run_id, "sweep/summary.json")
     winner = sweep.data.tags.get(WINNER_TAG)
     header, *lines = format_table(rows).splitlines()

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-from vlmtrack.config import Config, flatten
+from vlmtrack.config import SWEEP_AXIS_KEYS, Config, flatten
 from vlmtrack.model.connector import Connector
 from vlmtrack.tracking.base import Tracker
 
@@ -37,7 +37,8 @@ class Trial:
         return self.cfg.train.run_name
 
 
-PER_TRIAL_KEYS = {"train.lr", "train.weight_decay", "model.vision_ln", "train.run_name", "train.output_dir"}
+# the sweep's axes, and what makes each trial a run of its own
+PER_TRIAL_KEYS = SWEEP_AXIS_KEYS | {"train.weight_decay", "train.run_name", "train.output_dir"}
 
 
 def check_shareable(trials: list[Trial]) -> None:
