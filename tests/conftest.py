@@ -35,7 +35,9 @@ def demo_assets():
 
 @pytest.fixture(scope="session")
 def demo_run(demo_assets, tmp_path_factory):
-    """`mlflow run . -e p11 --env-manager local` once per test session, against a temporary store."""
+    """`mlflow run <project> -e p11 --env-manager local` once per test session, started from a temporary
+    folder (as a user runs a project from elsewhere: MLproject's defaults must not depend on the caller's
+    folder), against a temporary store."""
     tmp = tmp_path_factory.mktemp("p11")
     uri = f"sqlite:///{tmp}/mlflow.db"
     env = dict(os.environ, MLFLOW_TRACKING_URI=uri, VLMTRACK_DEMO_DIR=str(REPO / "data" / "demo"))
@@ -44,7 +46,7 @@ def demo_run(demo_assets, tmp_path_factory):
     done = subprocess.run(
         [sys.executable, "-m", "mlflow", "run", str(REPO), "-e", "p11", "--env-manager", "local",
          "--experiment-name", "e2e", "-P", f"overrides={overrides}"],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+        cwd=tmp, env=dict(env, PWD=str(tmp)), capture_output=True, text=True, timeout=900)
     (tmp / "run.log").write_text(done.stdout + done.stderr)
     assert done.returncode == 0, (done.stdout + done.stderr)[-4000:]
     return {"uri": uri, "out": tmp / "out", "log": done.stdout + done.stderr, "tmp": tmp}

@@ -40,3 +40,22 @@ def test_unknown_key_in_file(tmp_path):
     p.write_text("train:\n  num_epoch: 2\n")
     with pytest.raises(ConfigError, match=r"c.yaml: unknown config key 'train.num_epoch'; did you mean 'train.num_epochs'"):
         load_config(p)
+
+
+def test_a_relative_config_is_found_in_the_callers_folder_first(tmp_path, monkeypatch):
+    """`mlflow run <project> -P config=my.yaml` runs inside the project: my.yaml is the caller's ($PWD)."""
+    from vlmtrack.config import user_file
+
+    caller, project = tmp_path / "caller", tmp_path / "project"
+    (caller / "configs").mkdir(parents=True)
+    (project / "configs").mkdir(parents=True)
+    (caller / "configs" / "mine.yaml").write_text("train:\n  lr: 0.5\n")
+    (project / "configs" / "demo.yaml").write_text("train:\n  lr: 0.25\n")
+    (project / "configs" / "mine.yaml").write_text("train:\n  lr: 0.125\n")
+    monkeypatch.chdir(project)
+    monkeypatch.setenv("PWD", str(caller))
+    assert load_config("configs/mine.yaml").train.lr == 0.5  # the caller's, though the project has one
+    assert load_config("configs/demo.yaml").train.lr == 0.25  # the project's default, the caller has none
+    assert user_file(str(project / "configs" / "demo.yaml")) == project / "configs" / "demo.yaml"
+    with pytest.raises(ConfigError, match=f"'configs/none.yaml' does not exist \\(looked in {caller} and {project}\\)"):
+        load_config("configs/none.yaml")

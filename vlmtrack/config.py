@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import os
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -265,9 +266,25 @@ def parse_override(text: str) -> tuple[str, str]:
     return key.strip(), value.strip()
 
 
+def user_file(path: str | Path) -> Path:
+    """A file the user named, relative to the folder they ran the command from. `mlflow run <project>`
+    runs its command inside the project, so a relative path is looked up first in the caller's folder
+    ($PWD, which the shell sets and mlflow passes on), then in the working folder (the project's own
+    files, such as the MLproject defaults configs/*.yaml)."""
+    p = Path(path).expanduser()
+    if p.is_absolute():
+        return p
+    places = [Path(os.environ["PWD"])] if os.environ.get("PWD") else []
+    places += [Path.cwd()] if Path.cwd() not in places else []
+    for place in places:
+        if (place / p).is_file():
+            return place / p
+    raise ConfigError(f"config file '{p}' does not exist (looked in {' and '.join(map(str, places))})")
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
     if path:
-        p = Path(path)
+        p = user_file(path)
         if not p.is_file():
             raise ConfigError(f"config file '{p}' does not exist")
         try:
