@@ -33,7 +33,7 @@ def build_preset(name: str, root: Path, log=print) -> dict[str, Path]:
     from transformers import (Qwen3Config, Qwen3ForCausalLM, SiglipImageProcessor, SiglipVisionConfig,
                               SiglipVisionModel)
 
-    from vlmtrack.demo.bundle import build_tokenizer
+    from vlmtrack.demo.tokenizer import build_tokenizer
 
     preset = yaml.safe_load(PRESETS.read_text())[name]
     tok = build_tokenizer(0)
