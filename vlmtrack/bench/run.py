@@ -27,7 +27,7 @@ from vlmtrack.model.random_init import save_random_qwen3, save_random_siglip
 from vlmtrack.tracking.base import JsonlTracker
 from vlmtrack.train.loop import Trial, train_trials
 
-PRESETS = Path(__file__).resolve().parents[2] / "configs" / "bench_presets.yaml"
+PRESETS = Path(__file__).with_name("presets.yaml")  # package data: found after any install
 BF16_PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0}  # dense bf16 datasheet; MFU is against this
 
 
