@@ -10,7 +10,10 @@ import pytest
 import torch
 
 from vlmtrack.data import prompt
-from vlmtrack.demo import bundle, synth
+from vlmtrack.demo import synth
+from vlmtrack.demo.lm_pretrain import caption_loss
+from vlmtrack.demo.lm_pretrain_data import SLOT_FILLER, PretrainEncoder
+from vlmtrack.demo.tokenizer import CHAT_TEMPLATE_PATH, build_tokenizer
 
 QWEN3_ADDED = [
     "<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|object_ref_start|>", "<|object_ref_end|>",
@@ -23,7 +26,7 @@ QWEN3_ADDED = [
 
 @pytest.fixture(scope="module")
 def tokenizer():
-    return bundle.build_tokenizer(seed=0)
+    return build_tokenizer(seed=0)
 
 
 def _check_tokenizer(tok):
@@ -34,7 +37,7 @@ def _check_tokenizer(tok):
     assert 300 <= len(tok) <= 1100
     assert tok.eos_token == "<|im_end|>" and tok.pad_token == "<|endoftext|>"
     assert prompt.IMAGE_TOKEN not in vocab, "vlmtrack adds <image> at load time"
-    assert tok.chat_template == bundle.CHAT_TEMPLATE_PATH.read_text(encoding="utf-8")
+    assert tok.chat_template == CHAT_TEMPLATE_PATH.read_text(encoding="utf-8")
     for t in QWEN3_ADDED:  # each is one token, never split
         assert tok(f"a{t}b", add_special_tokens=False)["input_ids"][1:-1] == [vocab[t]]
 
@@ -59,7 +62,7 @@ def test_prompt_renders_like_qwen3(tokenizer):
 
 
 def test_tokenizer_is_deterministic(tokenizer):
-    assert bundle.build_tokenizer(seed=0).get_vocab() == tokenizer.get_vocab()
+    assert build_tokenizer(seed=0).get_vocab() == tokenizer.get_vocab()
 
 
 def test_attribute_words_are_single_tokens(tokenizer):
@@ -76,7 +79,7 @@ def test_caption_lengths_fill_every_bucket(tokenizer):
 def test_pretraining_sequences_match_the_product_format(tokenizer):
     """With an empty slot and the caption as the answer, a pretraining sequence is `encode_sample`'s with
     the slot as fillers; with words, the slot holds the scene's attribute words and nothing else."""
-    enc = bundle.PretrainEncoder(tokenizer, num_latents=16)
+    enc = PretrainEncoder(tokenizer, num_latents=16)
     tok = copy.deepcopy(tokenizer)
     image_id = prompt.add_image_token(tok)
     rng = random.Random(0)
@@ -102,7 +105,7 @@ def test_pretraining_sequences_match_the_product_format(tokenizer):
 
 
 def test_an_empty_slot_is_answered_as_a_blank_picture(tokenizer):
-    enc = bundle.PretrainEncoder(tokenizer, num_latents=16)
+    enc = PretrainEncoder(tokenizer, num_latents=16)
     record, scene = next((r, s) for r, s in synth.sample_records(40, 3) if s.shapes)
     empty = enc.encode(record, scene, slot="empty", rng=random.Random(0))
     answer = [t for t in empty.labels if t != prompt.IGNORE_INDEX]
@@ -156,7 +159,7 @@ def test_bundle_loads_with_auto_classes(built, tokenizer):
     human, gpt = (turn["value"] for turn in record["conversations"])
     sample = prompt.encode_sample(tok, human, gpt, image_id, num_latents=64, max_seq_len=512)
     ids = torch.tensor([sample.input_ids])
-    filler = tok.convert_tokens_to_ids(bundle.SLOT_FILLER)
+    filler = tok.convert_tokens_to_ids(SLOT_FILLER)
     embeds = lm.get_input_embeddings()(torch.where(ids == image_id, filler, ids))
     with torch.no_grad():
         out = lm(inputs_embeds=embeds, labels=torch.tensor([sample.labels]))
@@ -175,15 +178,15 @@ def test_lm_reads_the_slot(built):
 
     tok = AutoTokenizer.from_pretrained(built / "llm")
     lm = AutoModelForCausalLM.from_pretrained(built / "llm").eval()
-    enc = bundle.PretrainEncoder(tok, num_latents=64)
+    enc = PretrainEncoder(tok, num_latents=64)
     pairs = [(r, s) for r, s in synth.sample_records(80, 77) if s.shapes]
     losses = {}
     for slot in ("words", "text", "empty"):  # each scores the record's own caption
         rng = random.Random(0)
         examples = [enc.encode(r, s, slot=slot, rng=rng, answer=r["conversations"][1]["value"]) for r, s in pairs]
-        losses[slot] = bundle.caption_loss(lm, examples, tok.pad_token_id)
+        losses[slot] = caption_loss(lm, examples, tok.pad_token_id)
     assert losses["text"] < 1.5, "a real (tiny) LM of the captions"
     assert losses["words"] < losses["text"] - 0.15, losses
     assert losses["empty"] > losses["text"] + 1.0, "after an empty slot a caption is far from the LM's answer"
     blank = [enc.encode(r, s, slot="empty", rng=random.Random(0)) for r, s in pairs]
-    assert bundle.caption_loss(lm, blank, tok.pad_token_id) < 0.1, "an empty slot is answered as a blank picture"
+    assert caption_loss(lm, blank, tok.pad_token_id) < 0.1, "an empty slot is answered as a blank picture"

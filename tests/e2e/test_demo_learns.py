@@ -6,7 +6,8 @@ import json
 import pytest
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from vlmtrack.demo import bundle
+from vlmtrack.demo.lm_pretrain import caption_loss
+from vlmtrack.demo.lm_pretrain_data import PretrainEncoder
 
 pytestmark = pytest.mark.slow
 
@@ -16,9 +17,9 @@ def text_only_loss(assets, eval_ids: list[str]) -> float:
     tok = AutoTokenizer.from_pretrained(assets.llm)
     lm = AutoModelForCausalLM.from_pretrained(assets.llm).eval()
     records = {r["id"]: r for r in json.loads(assets.data_path.read_text())}
-    enc = bundle.PretrainEncoder(tok, num_latents=64)
+    enc = PretrainEncoder(tok, num_latents=64)
     examples = [enc.encode(records[i], None, slot="text", rng=None) for i in eval_ids]
-    return bundle.caption_loss(lm, examples, tok.pad_token_id)
+    return caption_loss(lm, examples, tok.pad_token_id)
 
 
 @pytest.fixture(scope="module")

@@ -5,29 +5,21 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import torch
-from transformers import Qwen3Config, Qwen3ForCausalLM, SiglipImageProcessor, SiglipVisionConfig, SiglipVisionModel
-
 from tests.helpers.tiny_tokenizer import tiny_tokenizer
 from vlmtrack.config import Config
 from vlmtrack.demo import synth
+from vlmtrack.model.random_init import save_random_qwen3, save_random_siglip
 
 IMAGE_SIZE = 32
 
 
 def build_tiny(root: Path, num_samples: int = 160) -> dict[str, Path]:
-    torch.manual_seed(0)
-    tok = tiny_tokenizer()
-    tok.save_pretrained(root / "llm")
-    lm = Qwen3ForCausalLM(Qwen3Config(
-        vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
-        num_key_value_heads=1, head_dim=16, max_position_embeddings=256, tie_word_embeddings=True,
-        eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id, bos_token_id=None))
-    lm.save_pretrained(root / "llm")
-    tower = SiglipVisionModel(SiglipVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                                                 num_attention_heads=2, image_size=IMAGE_SIZE, patch_size=8))
-    tower.save_pretrained(root / "vision")
-    SiglipImageProcessor(size={"height": IMAGE_SIZE, "width": IMAGE_SIZE}).save_pretrained(root / "vision")
+    save_random_qwen3(root / "llm", tiny_tokenizer(), seed=0, hidden_size=32, intermediate_size=64,
+                      num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=1, head_dim=16,
+                      max_position_embeddings=256, tie_word_embeddings=True)
+    # the tower's weights follow the LM's in seed 0's stream
+    save_random_siglip(root / "vision", IMAGE_SIZE, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                       num_attention_heads=2, patch_size=8)
     data_path = synth.write_dataset(root / "data", num_samples, seed=3, image_size=IMAGE_SIZE)
     return {"llm": root / "llm", "vision": root / "vision", "data": data_path, "images": root / "data" / "images"}
 

@@ -22,34 +22,27 @@ import yaml
 
 from vlmtrack.config import Config, set_axes
 from vlmtrack.demo import synth
+from vlmtrack.demo.tokenizer import build_tokenizer
+from vlmtrack.model.random_init import save_random_qwen3, save_random_siglip
 from vlmtrack.tracking.base import JsonlTracker
 from vlmtrack.train.loop import Trial, train_trials
 
-PRESETS = Path(__file__).resolve().parents[2] / "configs" / "bench_presets.yaml"
+PRESETS = Path(__file__).with_name("presets.yaml")  # package data: found after any install
 BF16_PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0}  # dense bf16 datasheet; MFU is against this
 
 
 def build_preset(name: str, root: Path, log=print) -> dict[str, Path]:
-    from transformers import (Qwen3Config, Qwen3ForCausalLM, SiglipImageProcessor, SiglipVisionConfig,
-                              SiglipVisionModel)
-
-    from vlmtrack.demo.bundle import build_tokenizer
-
     preset = yaml.safe_load(PRESETS.read_text())[name]
-    tok = build_tokenizer(0)
-    tok.save_pretrained(root / "llm")
-    torch.manual_seed(0)
-    with torch.device("cuda" if torch.cuda.is_available() else "cpu"):
-        llm = Qwen3ForCausalLM(Qwen3Config(**preset["llm"], eos_token_id=tok.convert_tokens_to_ids("<|im_end|>"),
-                                           pad_token_id=tok.pad_token_id, bos_token_id=None)).to(torch.bfloat16)
-        tower = SiglipVisionModel(SiglipVisionConfig(**preset["vision"])).to(torch.bfloat16)
-    llm.save_pretrained(root / "llm")
-    tower.save_pretrained(root / "vision")
-    size = preset["vision"]["image_size"]
-    SiglipImageProcessor(size={"height": size, "width": size}).save_pretrained(root / "vision")
-    log(f"[bench] preset {name}: LLM {sum(p.numel() for p in llm.parameters()) / 1e6:.0f}M, "
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    # one seed for both towers: the vision tower's weights follow the LLM's in its stream
+    llm = save_random_qwen3(root / "llm", build_tokenizer(0), seed=0, dtype=torch.bfloat16, device=device,
+                            **preset["llm"])
+    llm_params = sum(p.numel() for p in llm.parameters())
+    del llm
+    tower = save_random_siglip(root / "vision", dtype=torch.bfloat16, device=device, **preset["vision"])
+    log(f"[bench] preset {name}: LLM {llm_params / 1e6:.0f}M, "
         f"vision {sum(p.numel() for p in tower.parameters()) / 1e6:.0f}M parameters")
-    del llm, tower
+    del tower
     return {"llm": root / "llm", "vision": root / "vision", "preset": preset}
 
 
