@@ -24,8 +24,12 @@ from vlmtrack.config import Config, set_axes
 from vlmtrack.demo import synth
 from vlmtrack.demo.tokenizer import build_tokenizer
 from vlmtrack.model.random_init import save_random_qwen3, save_random_siglip
+from vlmtrack.model.connector_io import checkpoint_dir
 from vlmtrack.tracking.base import JsonlTracker
-from vlmtrack.train.loop import Trial, train_trials
+from vlmtrack.train.checkpoint import load_trainer_state
+from vlmtrack.train.loop import train_trials
+from vlmtrack.train.steptime import step_time_stats
+from vlmtrack.train.trial import Trial
 
 PRESETS = Path(__file__).with_name("presets.yaml")  # package data: found after any install
 BF16_PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0}  # dense bf16 datasheet; MFU is against this
@@ -101,6 +105,18 @@ def bench_config(paths: dict, data: Path, out: Path, batch: int, steps: int, acc
     return cfg
 
 
+def saved_timing(out_dir, step: int) -> dict:
+    """The loop's step, data-wait, eval and golden times, as its checkpoint at `step` keeps them."""
+    return load_trainer_state(checkpoint_dir(Path(out_dir), step))["timing"]
+
+
+def step_rows(step_s: list[float], data_wait_s: list[float], samples_per_step: int) -> dict:
+    """The table's step columns, from the loop's own step-time statistics."""
+    stats = step_time_stats(step_s, data_wait_s)
+    return {"samples_per_s": samples_per_step / stats["step_time_mean_s"], "step_p50_s": stats["step_time_p50_s"],
+            "step_p90_s": stats["step_time_p90_s"], "data_wait_share": stats["data_wait_share"]}
+
+
 def loop_throughput(cfg: Config, skip: int, log, tracker=None) -> dict:
     """One run through vlmtrack's loop; step statistics skip the first `skip` steps (warm-up). The
     full eval (all eval samples) and the golden dump run once, at the end."""
@@ -110,15 +126,10 @@ def loop_throughput(cfg: Config, skip: int, log, tracker=None) -> dict:
     result = train_trials([Trial(cfg, tracker)], log)[0]
     tracker.finish("FINISHED")
     wall = time.perf_counter() - t0
-    timing = torch.load(Path(cfg.train.output_dir) / "checkpoints" / f"step_{result['step']}" / "trainer_state.pt",
-                        weights_only=True)["timing"]
-    steps = timing["step_s"][skip:]
-    waits = timing["data_wait_s"][skip:]
+    timing = saved_timing(cfg.train.output_dir, result["step"])
     per_step = cfg.train.batch_size * cfg.train.gradient_accum
     return {
-        "samples_per_s": per_step * len(steps) / sum(steps),
-        "step_p50_s": statistics.median(steps), "step_p90_s": sorted(steps)[int(0.9 * (len(steps) - 1))],
-        "data_wait_share": sum(waits) / sum(steps), "wall_s": wall,
+        **step_rows(timing["step_s"][skip:], timing["data_wait_s"][skip:], per_step), "wall_s": wall,
         "peak_mem_gib": torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else float("nan"),
         # the golden dump follows the last save, so its time is in metrics.json, not the checkpoint
         "full_eval_s": result["budget"].get("full_eval_time_s", float("nan")),
@@ -157,8 +168,8 @@ def hf_style_baseline(cfg: Config, steps: int, log) -> dict:
         out.loss.item()
         times.append(time.perf_counter() - t0)
     times = times[5:]
-    return {"samples_per_s": 4 * len(times) / sum(times), "step_p50_s": statistics.median(times),
-            "step_p90_s": sorted(times)[int(0.9 * (len(times) - 1))]}
+    rows = step_rows(times, [0.0] * len(times), 4)
+    return {k: rows[k] for k in ("samples_per_s", "step_p50_s", "step_p90_s")}
 
 
 def sweep_time(cfg: Config, steps: int, side_by_side: bool, log) -> tuple[float, float]:
@@ -179,8 +190,7 @@ def sweep_time(cfg: Config, steps: int, side_by_side: bool, log) -> tuple[float,
     step_s, parts = [], {"steps": 0.0, "full evals": 0.0, "golden": 0.0}
     for group in groups:
         result = train_trials(group, log)[0]
-        state = Path(group[0].out_dir) / "checkpoints" / f"step_{steps}" / "trainer_state.pt"
-        timing = torch.load(state, weights_only=True)["timing"]
+        timing = saved_timing(group[0].out_dir, steps)
         step_s += timing["step_s"][min(5, len(timing["step_s"]) // 2):]  # past the warm-up
         parts["steps"] += sum(timing["step_s"])
         parts["full evals"] += sum(timing["full_eval_s"])  # the checkpoint follows the last eval
