@@ -85,7 +85,8 @@ def _ablate(args) -> None:
 
 
 def _golden(args) -> None:
-    from vlmtrack.data.golden import QUAL_DIR, golden_table_file
+    from vlmtrack.data.golden import QUAL_DIR
+    from vlmtrack.tracking.golden_tables import GoldenTables
     from vlmtrack.eval.golden_gen import generate_golden, write_golden
     from vlmtrack.tracking.session import tracked_run
 
@@ -102,8 +103,7 @@ def _golden(args) -> None:
         with tracked_run(lc.cfg, training=False, experiment=args.experiment) as tracker:
             tracker.set_tags({"checkpoint": args.checkpoint, "golden_hash": lc.data.golden_hash})
             tracker.log_artifact(path, QUAL_DIR)
-            tracker.log_table(records, golden_table_file(lc.step, len(records)),
-                              image_root=lc.data.image_root, image_column="image_relpath")
+            GoldenTables().log(tracker, records, lc.step, lc.data.image_root)
 
 
 def _sweep(args) -> None:

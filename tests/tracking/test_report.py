@@ -75,8 +75,9 @@ def assert_reports_on(text, client, run, tmp):
     assert all(r in text for r in rows) and sorted(rows, key=text.index) == rows  # in the configured order
     step = int(run.data.tags["last_checkpoint"].rsplit("_", 1)[1])
     assert f"step {step})" in text
-    golden = table(client, run.info.run_id, f"golden/step_{step}_golden6.json", tmp)
-    assert len(golden) == 6 and f"(6 of 6, `golden/step_{step}_golden6.json`)" in text
+    golden = table(client, run.info.run_id, "golden/golden6.json", tmp)  # the latest save's captions
+    assert len(golden) == 6 and "(6 of 6, `golden/golden6.json`)" in text
+    assert {r["step"] for r in golden} == {step}
     for r in golden:  # a caption is one table cell: its whitespace collapsed to single spaces
         assert f"| {r['id']} | {one_line(r['gt_text'])} | {one_line(r['pred_text'])} |" in text
 
@@ -88,7 +89,8 @@ def test_default_is_the_latest_top_level_training_run_with_the_sweep(store, uri,
     text = report.text
     assert text.startswith(f"# vlmtrack report: {train.info.run_name}\n")
     assert_reports_on(text, client, train, tmp_path)
-    assert "golden/step_4_golden6.json" not in text  # the last checkpoint's table (step 8), not the first
+    history = table(client, train.info.run_id, "golden/history/golden6_from_step_4.json", tmp_path)
+    assert [r["step"] for r in history] == [4] * 6 + [8] * 6  # every save's captions stay in MLflow
 
     rows = table(client, sweep.info.run_id, "sweep/summary.json", tmp_path)
     assert len(rows) == 4

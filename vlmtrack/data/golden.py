@@ -17,21 +17,39 @@ def default_golden_path(dataset_name: str, size: int) -> Path:
 
 
 # The names a run gives its golden captions: here alone, since the loop and `vlmtrack golden` write them
-# and the sweep summary and `vlmtrack report` find them again by parsing the step back out.
+# and the sweep summary and `vlmtrack report` find them again.
+#
+# MLflow lists a run's tables in one tag that it cuts at 8,000 characters: one table per save broke every
+# table view of a run past ~129 saves. So a run keeps two kinds, both with a `step` column: the latest
+# save's captions under one fixed name (what MLflow's experiment view lines up across runs and sweep
+# trials), and its history in tables of GOLDEN_HISTORY_SAVES saves each (~23 for the spec's 556 saves). A
+# save re-uploads at most one history table, so its cost does not grow with the run's length.
 QUAL_DIR = "qual"  # a run's output folder and artifact folder for the per-step caption files
-GOLDEN_TABLE_DIR = "golden"  # the run's artifact folder for the golden caption tables
-_GOLDEN_TABLE = re.compile(rf"{GOLDEN_TABLE_DIR}/step_(\d+)_golden\d+\.json$")
+GOLDEN_TABLE_DIR = "golden"  # the run's artifact folder for the golden caption tables (and their images)
+GOLDEN_HISTORY_DIR = f"{GOLDEN_TABLE_DIR}/history"
+GOLDEN_HISTORY_SAVES = 25
+_LATEST_TABLE = re.compile(rf"{GOLDEN_TABLE_DIR}/golden\d+\.json$")
+_LEGACY_TABLE = re.compile(rf"{GOLDEN_TABLE_DIR}/step_(\d+)_golden\d+\.json$")  # one table a save (before 0.9)
 _QUAL_FILE = re.compile(r"step_(\d+)_golden\d+\.jsonl$")
 
 
-def golden_table_file(step: int, size: int) -> str:
-    """The MLflow table (artifact path) of the golden captions generated at `step`."""
-    return f"{GOLDEN_TABLE_DIR}/step_{step}_golden{size}.json"
+def latest_golden_table(size: int) -> str:
+    """The MLflow table (artifact path) of the latest save's golden captions."""
+    return f"{GOLDEN_TABLE_DIR}/golden{size}.json"
 
 
-def golden_table_step(path: str) -> int | None:
-    """The step of a golden_table_file path; None for any other artifact."""
-    m = _GOLDEN_TABLE.search(path)
+def history_golden_table(first_step: int, size: int) -> str:
+    """The MLflow table of up to GOLDEN_HISTORY_SAVES saves' golden captions, from the save at `first_step`."""
+    return f"{GOLDEN_HISTORY_DIR}/golden{size}_from_step_{first_step}.json"
+
+
+def is_latest_golden_table(path: str) -> bool:
+    return _LATEST_TABLE.search(path) is not None
+
+
+def legacy_golden_table_step(path: str) -> int | None:
+    """The step of a table named one per save (runs logged before the history tables); None otherwise."""
+    m = _LEGACY_TABLE.search(path)
     return int(m.group(1)) if m else None
 
 

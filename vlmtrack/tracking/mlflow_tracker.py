@@ -7,6 +7,7 @@ counted); any other failing call is reported and dropped. The run never dies for
 """
 from __future__ import annotations
 
+import json
 import os
 import posixpath
 import queue
@@ -31,6 +32,9 @@ FINISH_WAIT_S = 120.0
 HTTP_BOUNDS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
                "MLFLOW_HTTP_REQUEST_TIMEOUT": "60"}
 LOST_METRICS = "tracking_lost_metrics"  # metric and tag: values that never reached the server
+FAILED_CALLS = "tracking_failed_calls"  # metric: tracking calls that failed for good
+FAILED_CALLS_FILE = "tracking/failed_calls.json"  # artifact: each of them, what and why
+TABLES_TAG_LIMIT = 8000  # MLflow's cut of a tag value (the list of a run's tables)
 
 
 class MlflowTracker:
@@ -65,6 +69,7 @@ class MlflowTracker:
         self._metrics: list = []
         self._last_flush = time.monotonic()
         self._images_logged: set[str] = set()
+        self._tables: set[str] = set()  # listed in mlflow.loggedArtifacts
         self._queue: queue.Queue = queue.Queue()
         self._done = threading.Condition()
         self._submitted = self._settled = 0  # calls queued / delivered or dropped: what flush() waits on
@@ -208,6 +213,19 @@ class MlflowTracker:
         self.errors.append(msg)
         if len(self.errors) <= 5:
             _warn(f"{msg} (training goes on)")
+        self._report_failures()
+
+    def _report_failures(self) -> None:
+        """The failed calls go to the run as they happen: a metric counting them and an artifact naming
+        each (what, when, why), so a run that lost a table or a checkpoint says so in MLflow itself."""
+        from mlflow.entities import Metric
+
+        try:
+            self.client.log_batch(self.run_id, metrics=[Metric(FAILED_CALLS, len(self.errors),
+                                                               int(time.time() * 1000), self._last_step)])
+            self.client.log_dict(self.run_id, {"failed_calls": self.errors}, FAILED_CALLS_FILE)
+        except Exception as e:  # noqa: BLE001 - the store refuses this too: the console line stays
+            _warn(f"could not record the failed tracking calls on the run: {_first_line(e)}")
 
     def _settle(self, n: int) -> None:
         with self._done:
@@ -291,7 +309,31 @@ class MlflowTracker:
                 r["image"] = {"type": "image", "filepath": f"golden/images/{stem}.png",
                               "compressed_filepath": f"golden/images/{stem}.webp"}
             rows = [{"image": r.pop("image"), **r} for r in rows]
-        self.client.log_table(self.run_id, pd.DataFrame(rows), artifact_file)
+        # written and uploaded here: MlflowClient.log_table downloads and appends to a table already there
+        # (a table re-logged at every save would grow with the run) and reads the run for every call
+        folder, name = posixpath.split(artifact_file)
+        with tempfile.TemporaryDirectory() as tmp:
+            pd.DataFrame(rows).to_json(Path(tmp) / name, orient="split", index=False, date_format="iso")
+            self.client.log_artifact(self.run_id, str(Path(tmp) / name), folder or None)
+        self._register_table(artifact_file)
+
+    def _register_table(self, artifact_file: str) -> None:
+        """Lists the table in the run's `mlflow.loggedArtifacts` tag, once per path: `mlflow ui` shows a
+        JSON file as a table (thumbnails included) only when it is listed there. MLflow cuts the tag at
+        TABLES_TAG_LIMIT characters, so a table that would not fit stays an artifact with no table view."""
+        from mlflow.utils.mlflow_tags import MLFLOW_LOGGED_ARTIFACTS
+
+        if artifact_file in self._tables:
+            return
+        listed = json.loads(self.client.get_run(self.run_id).data.tags.get(MLFLOW_LOGGED_ARTIFACTS, "[]"))
+        entry = {"path": artifact_file, "type": "table"}
+        if entry not in listed:
+            value = json.dumps(listed + [entry])
+            if len(value) > TABLES_TAG_LIMIT:
+                raise ValueError(f"{artifact_file} is uploaded, but MLflow's list of the run's tables is full "
+                                 f"({len(listed)} tables): it has no table view")
+            self.client.set_tag(self.run_id, MLFLOW_LOGGED_ARTIFACTS, value)
+        self._tables.add(artifact_file)
 
     def _upload_images(self, relpaths: list[str], image_root: Path) -> None:
         from mlflow.tracking.multimedia import compress_image_size

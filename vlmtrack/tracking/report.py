@@ -12,7 +12,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from vlmtrack.data.golden import GOLDEN_TABLE_DIR, golden_table_step
+from vlmtrack.data.golden import GOLDEN_TABLE_DIR, is_latest_golden_table, legacy_golden_table_step
 from vlmtrack.tracking.mlflow_tracker import DEFAULT_EXPERIMENT
 from vlmtrack.tracking.sweep_table import format_table
 
@@ -141,9 +141,14 @@ def _count(value) -> str:
 
 
 def golden_table_path(client, run) -> str | None:
-    """The golden table of the run's last checkpoint (tag `last_checkpoint`), else the latest one."""
-    tables = {step: f.path for f in client.list_artifacts(run.info.run_id, GOLDEN_TABLE_DIR)
-              if (step := golden_table_step(f.path)) is not None}
+    """The table of the run's latest golden captions (its last save's). A run logged with one table per
+    save (before the history tables): the table of its last checkpoint (tag `last_checkpoint`), else the
+    latest one."""
+    paths = [f.path for f in client.list_artifacts(run.info.run_id, GOLDEN_TABLE_DIR)]
+    latest = [p for p in paths if is_latest_golden_table(p)]
+    if latest:
+        return latest[0]
+    tables = {step: p for p in paths if (step := legacy_golden_table_step(p)) is not None}
     if not tables:
         return None
     last = re.search(r"step_(\d+)$", run.data.tags.get("last_checkpoint", ""))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 
-from vlmtrack.data.golden import QUAL_DIR, golden_table_file
+from vlmtrack.data.golden import QUAL_DIR
 from vlmtrack.eval.evaluate import evaluate
 from vlmtrack.eval.golden_gen import generate_golden, write_golden
 from vlmtrack.model.connector_io import META_FILE, WEIGHTS_FILE, checkpoint_name
@@ -95,8 +95,7 @@ def golden(run: Run, step: int) -> None:
     for tr, recs in zip(run.active, records):
         path = write_golden(recs, tr.out_dir, step, len(data.golden))
         tr.tracker.log_artifact(path, QUAL_DIR)
-        tr.tracker.log_table(recs, golden_table_file(step, len(data.golden)), image_root=data.image_root,
-                             image_column="image_relpath")
+        tr.golden_tables.log(tr.tracker, recs, step, data.image_root)
 
 
 def save(run: Run, step: int) -> None:

@@ -10,6 +10,7 @@ import torch
 from vlmtrack.config import SWEEP_AXIS_KEYS, Config, flatten
 from vlmtrack.model.connector import Connector
 from vlmtrack.tracking.base import Tracker
+from vlmtrack.tracking.golden_tables import GoldenTables
 
 
 class NonFiniteLossError(RuntimeError):
@@ -27,6 +28,7 @@ class Trial:
     failed: str | None = None
     expected_hashes: tuple[str, str] | None = None  # (eval split, golden set) a sweep pins for all trials
     train_forward: object = None  # the connector as the training step calls it (compiled under train.compile)
+    golden_tables: GoldenTables = field(default_factory=GoldenTables)
 
     @property
     def out_dir(self) -> Path:

@@ -1,0 +1,67 @@
+"""The golden captions at any run length, against a real MLflow store: every save's captions read back,
+each table with its table view (listed in `mlflow.loggedArtifacts`), the list short enough for MLflow's
+8,000-character cut however many saves; a logging call that fails is recorded on the run."""
+import json
+import math
+
+import mlflow
+import pytest
+from mlflow import MlflowClient
+from mlflow.utils.mlflow_tags import MLFLOW_LOGGED_ARTIFACTS
+
+from tests.tracking.test_mlflow_tracker import golden_rows
+from vlmtrack.data.golden import GOLDEN_HISTORY_SAVES, history_golden_table, latest_golden_table
+from vlmtrack.tracking.golden_tables import GoldenTables
+from vlmtrack.tracking.mlflow_tracker import FAILED_CALLS, FAILED_CALLS_FILE, MlflowTracker
+from vlmtrack.tracking.report import load_table
+
+SAVES = 620
+
+
+@pytest.fixture
+def client(tmp_path, monkeypatch):
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.delenv("MLFLOW_RUN_ID", raising=False)
+    mlflow.set_tracking_uri(uri)
+    return MlflowClient(uri)
+
+
+@pytest.mark.slow
+def test_620_saves_keep_every_caption_and_every_table_view(client, tiny_paths):
+    tr = MlflowTracker(experiment="long", run_name="620 saves")
+    rows, tables = golden_rows(tiny_paths), GoldenTables()
+    for save in range(1, SAVES + 1):
+        recs = [dict(r, pred_text=f"pred {r['id']} at save {save}") for r in rows]
+        tables.log(tr, recs, step=10 * save, image_root=tiny_paths["images"])
+    tr.finish()
+    run = client.get_run(tr.run_id)
+    assert run.info.status == "FINISHED" and FAILED_CALLS not in run.data.metrics
+    listed = json.loads(run.data.tags[MLFLOW_LOGGED_ARTIFACTS])
+    assert len(run.data.tags[MLFLOW_LOGGED_ARTIFACTS]) < 8000
+    history = [history_golden_table(10 * first, 6) for first in range(1, SAVES + 1, GOLDEN_HISTORY_SAVES)]
+    assert len(history) == math.ceil(SAVES / GOLDEN_HISTORY_SAVES)
+    assert [e["path"] for e in listed] == [latest_golden_table(6), *history]
+    first, last = load_table(client, tr.run_id, history[0]), load_table(client, tr.run_id, history[-1])
+    assert [r["pred_text"] for r in first[:6]] == [f"pred {i} at save 1" for i in range(6)]
+    assert last[-1]["pred_text"] == f"pred 5 at save {SAVES}" and last[-1]["step"] == 10 * SAVES
+    latest = load_table(client, tr.run_id, latest_golden_table(6))
+    assert [r["step"] for r in latest] == [10 * SAVES] * 6  # overwritten at each save, never appended to
+    steps = [r["step"] for path in history for r in load_table(client, tr.run_id, path)]
+    assert steps == [10 * s for s in range(1, SAVES + 1) for _ in range(6)]  # every save, once
+    cell = latest[0]["image"]
+    assert cell["type"] == "image" and cell["filepath"].startswith("golden/images/")
+    assert len(client.list_artifacts(tr.run_id, "golden/images")) == 12  # the 6 images once (png + webp)
+
+
+def test_a_failed_logging_call_is_recorded_on_the_run(client, tiny_paths, tmp_path):
+    tr = MlflowTracker(experiment="long", run_name="a bad table")
+    rows = golden_rows(tiny_paths)
+    GoldenTables().log(tr, rows, step=4, image_root=tmp_path / "no-images-here")  # the thumbnails fail
+    tr.log_metrics({"train_loss": 1.0}, 4)
+    tr.finish()
+    run = client.get_run(tr.run_id)
+    assert run.info.status == "FINISHED" and run.data.metrics["train_loss"] == 1.0
+    assert run.data.metrics[FAILED_CALLS] == 2  # the latest table and the history table
+    failed = json.loads(open(client.download_artifacts(tr.run_id, FAILED_CALLS_FILE, str(tmp_path))).read())
+    assert len(failed["failed_calls"]) == 2 and all(f.startswith("log_table: ") for f in failed["failed_calls"])
