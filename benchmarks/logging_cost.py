@@ -1,9 +1,11 @@
 """What tracking costs: (1) a golden table of 64 images per checkpoint, MLflow's own image handling
 (every image stored again at every checkpoint) against vlmtrack's (images once per run, tables point
-at them); (2) per-step metric logging as the training loop sees it (queued, batched) against direct
-synchronous log_metric calls. Prints a table; run against a local store or a server:
+at them), and what a save's golden tables cost at save 1 and at save 600 (the latest table and the
+history table it adds to: the cost must not grow with the run); (2) per-step metric logging as the
+training loop sees it (queued, batched) against direct synchronous log_metric calls. Prints a table; run
+against a local store or a server:
 
-    python benchmarks/logging_cost.py [--tracking-uri http://127.0.0.1:5000] [--checkpoints 4]
+    python benchmarks/logging_cost.py [--tracking-uri http://127.0.0.1:5000] [--checkpoints 4] [--saves 600]
 """
 from __future__ import annotations
 
@@ -18,7 +20,8 @@ from mlflow import MlflowClient
 
 from vlmtrack.data.dataset import load_image
 from vlmtrack.demo import synth
-from vlmtrack.tracking.mlflow_tracker import MlflowTracker
+from vlmtrack.tracking.golden_tables import GoldenTables
+from vlmtrack.tracking.mlflow_tracker import TABLES_TAG_LIMIT, MlflowTracker
 
 
 def golden_rows(root: Path, n: int = 64) -> list[dict]:
@@ -41,6 +44,7 @@ def main() -> None:
     ap.add_argument("--tracking-uri", default=None)
     ap.add_argument("--checkpoints", type=int, default=4)
     ap.add_argument("--steps", type=int, default=2000)
+    ap.add_argument("--saves", type=int, default=600, help="saves of golden tables for the save-cost rows")
     args = ap.parse_args()
     tmp = Path(tempfile.mkdtemp())
     uri = args.tracking_uri or f"sqlite:///{tmp}/bench.db"
@@ -67,6 +71,7 @@ def main() -> None:
         caller += time.perf_counter() - c0
     tr.flush()
     ours_s = (time.perf_counter() - t0) / args.checkpoints
+    save_s, tag_chars = golden_save_costs(client, exp, rows, images, args.saves)
 
     # (2) per-step metrics: 4 metrics per step
     t0 = time.perf_counter()
@@ -92,6 +97,27 @@ def main() -> None:
           f"(worker: {ours_s:.2f} s, in background) | {artifact_bytes(client, tr.run_id) * mb:.2f} MiB |")
     print(f"| 4 metrics per step, vlmtrack (queued, batched) | {step_caller_us:.0f} µs per step | |")
     print(f"| 4 metrics per step, direct log_metric calls | {direct_us:.0f} µs per step (blocking) | |")
+    print(f"\nA save's golden tables (latest + its history table), delivered, {args.saves} saves on one run:\n")
+    print("| save | worker s |\n|---|---|")
+    for k in sorted({1, 2, 25, 26, args.saves - 1, args.saves}):
+        print(f"| {k} | {save_s[k - 1]:.3f} |")
+    late = save_s[-25:]
+    print(f"| mean of saves 2-25 / last 25 | {sum(save_s[1:25]) / 24:.3f} / {sum(late) / len(late):.3f} |")
+    print(f"\nmlflow.loggedArtifacts after {args.saves} saves: {tag_chars:,} characters (MLflow cuts at "
+          f"{TABLES_TAG_LIMIT:,})")
+
+
+def golden_save_costs(client: MlflowClient, exp: str, rows: list[dict], images: Path, saves: int):
+    """Each save's golden tables timed until delivered (the first save uploads the images too); and the
+    length of the run's table list at the end."""
+    tr, tables, save_s = MlflowTracker(experiment_id=exp, run_name=f"{saves} saves"), GoldenTables(), []
+    for k in range(1, saves + 1):
+        t0 = time.perf_counter()
+        tables.log(tr, rows, step=k, image_root=images)
+        tr.flush()
+        save_s.append(time.perf_counter() - t0)
+    tr.finish()
+    return save_s, len(client.get_run(tr.run_id).data.tags.get("mlflow.loggedArtifacts", ""))
 
 
 if __name__ == "__main__":

@@ -50,3 +50,16 @@ def demo_run(demo_assets, tmp_path_factory):
     (tmp / "run.log").write_text(done.stdout + done.stderr)
     assert done.returncode == 0, (done.stdout + done.stderr)[-4000:]
     return {"uri": uri, "out": tmp / "out", "log": done.stdout + done.stderr, "tmp": tmp}
+
+
+@pytest.fixture
+def store(tmp_path, monkeypatch):
+    """A fresh sqlite MLflow store, the process's tracking URI for the test; its client."""
+    import mlflow
+    from mlflow import MlflowClient
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.delenv("MLFLOW_RUN_ID", raising=False)
+    mlflow.set_tracking_uri(uri)
+    return MlflowClient(uri)

@@ -4,9 +4,7 @@ each table with its table view (listed in `mlflow.loggedArtifacts`), the list sh
 import json
 import math
 
-import mlflow
 import pytest
-from mlflow import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_LOGGED_ARTIFACTS
 
 from tests.tracking.test_mlflow_tracker import golden_rows
@@ -18,17 +16,9 @@ from vlmtrack.tracking.report import load_table
 SAVES = 620
 
 
-@pytest.fixture
-def client(tmp_path, monkeypatch):
-    uri = f"sqlite:///{tmp_path}/mlflow.db"
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
-    monkeypatch.delenv("MLFLOW_RUN_ID", raising=False)
-    mlflow.set_tracking_uri(uri)
-    return MlflowClient(uri)
-
-
 @pytest.mark.slow
-def test_620_saves_keep_every_caption_and_every_table_view(client, tiny_paths):
+def test_620_saves_keep_every_caption_and_every_table_view(store, tiny_paths):
+    client = store
     tr = MlflowTracker(experiment="long", run_name="620 saves")
     rows, tables = golden_rows(tiny_paths), GoldenTables()
     for save in range(1, SAVES + 1):
@@ -54,7 +44,8 @@ def test_620_saves_keep_every_caption_and_every_table_view(client, tiny_paths):
     assert len(client.list_artifacts(tr.run_id, "golden/images")) == 12  # the 6 images once (png + webp)
 
 
-def test_a_failed_logging_call_is_recorded_on_the_run(client, tiny_paths, tmp_path):
+def test_a_failed_logging_call_is_recorded_on_the_run(store, tiny_paths, tmp_path):
+    client = store
     tr = MlflowTracker(experiment="long", run_name="a bad table")
     rows = golden_rows(tiny_paths)
     GoldenTables().log(tr, rows, step=4, image_root=tmp_path / "no-images-here")  # the thumbnails fail

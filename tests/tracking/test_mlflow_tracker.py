@@ -1,19 +1,6 @@
 import json
 
-import mlflow
-import pytest
-from mlflow import MlflowClient
-
 from vlmtrack.tracking.mlflow_tracker import MlflowTracker
-
-
-@pytest.fixture
-def store(tmp_path, monkeypatch):
-    uri = f"sqlite:///{tmp_path}/mlflow.db"
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
-    monkeypatch.delenv("MLFLOW_RUN_ID", raising=False)
-    mlflow.set_tracking_uri(uri)
-    return MlflowClient(uri)
 
 
 def golden_rows(tiny_paths, n=6):

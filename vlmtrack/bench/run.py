@@ -131,7 +131,7 @@ def loop_throughput(cfg: Config, skip: int, log, tracker=None) -> dict:
     return {
         **step_rows(timing["step_s"][skip:], timing["data_wait_s"][skip:], per_step), "wall_s": wall,
         "peak_mem_gib": torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else float("nan"),
-        # the golden dump follows the last save, so its time is in metrics.json, not the checkpoint
+        # the run's mean eval and golden times, as metrics.json gives them
         "full_eval_s": result["budget"].get("full_eval_time_s", float("nan")),
         "golden_s": result["budget"].get("golden_time_s", float("nan")),
     }

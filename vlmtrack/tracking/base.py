@@ -21,6 +21,7 @@ class Tracker(Protocol):
                   image_column: str | None = None) -> None: ...
     def log_artifact(self, path: Path, artifact_path: str | None = None) -> None: ...
     def log_figure(self, figure, artifact_file: str) -> None: ...
+    def delete_artifacts(self, artifact_path: str, run_id: str | None = None) -> None: ...
     def finish(self, status: str = "FINISHED", error: str | None = None) -> None: ...
 
 
@@ -81,6 +82,11 @@ class JsonlTracker:
     def log_figure(self, figure, artifact_file: str) -> None:
         self._emit("figure", artifact_file=artifact_file)
 
+    def delete_artifacts(self, artifact_path: str, run_id: str | None = None) -> None:
+        if self.artifact_dir and run_id in (None, self.run_id):
+            shutil.rmtree(self.artifact_dir / artifact_path, ignore_errors=True)
+        self._emit("delete", artifact_path=artifact_path, run_id=run_id)
+
     def finish(self, status: str = "FINISHED", error: str | None = None) -> None:
         if self.status:  # the first status wins
             return
@@ -99,4 +105,5 @@ class NullTracker:
     def log_table(self, rows, artifact_file, image_root=None, image_column=None): pass
     def log_artifact(self, path, artifact_path=None): pass
     def log_figure(self, figure, artifact_file): pass
+    def delete_artifacts(self, artifact_path, run_id=None): pass
     def finish(self, status="FINISHED", error=None): pass

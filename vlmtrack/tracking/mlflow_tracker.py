@@ -352,6 +352,25 @@ class MlflowTracker:
             self.client.log_artifacts(self.run_id, tmp, "golden/images")
         self._images_logged.update(todo)
 
+    def delete_artifacts(self, artifact_path: str, run_id: str | None = None) -> None:
+        """Removes an artifact folder of this run (or of `run_id`: an earlier attempt of the same training),
+        in order after what was queued before. MlflowClient has no call for it; the run's artifact
+        repository has (local, S3, the server's proxied store). A folder a registered model version was
+        made from is kept."""
+        run_id = run_id or self.run_id
+        self._submit("delete_artifacts", lambda: self._delete_artifacts(run_id, artifact_path))
+
+    def _delete_artifacts(self, run_id: str, artifact_path: str) -> None:
+        from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
+
+        users = [f"{v.name} v{v.version}" for v in self.client.search_model_versions(f"run_id='{run_id}'")
+                 if artifact_path in (v.source or "")]
+        if users:
+            _warn(f"{artifact_path} of run {run_id} is kept: registered model version {', '.join(users)} uses it")
+            return
+        repo = get_artifact_repository(self.client.get_run(run_id).info.artifact_uri, self.client._tracking_client.tracking_uri)
+        repo.delete_artifacts(artifact_path)
+
     def link_resumed(self, previous_run_id: str) -> None:
         """This run continues `previous_run_id` (its process was killed: a SIGKILLed process cannot
         mark itself): mark it KILLED if it still says RUNNING, and tag both runs with each other."""

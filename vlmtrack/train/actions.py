@@ -2,12 +2,13 @@
 dropping a trial whose loss turned non-finite."""
 from __future__ import annotations
 
+import shutil
 import time
 
 from vlmtrack.data.golden import QUAL_DIR
 from vlmtrack.eval.evaluate import evaluate
 from vlmtrack.eval.golden_gen import generate_golden, write_golden
-from vlmtrack.model.connector_io import META_FILE, WEIGHTS_FILE, checkpoint_name
+from vlmtrack.model.connector_io import META_FILE, WEIGHTS_FILE, checkpoint_dir, checkpoint_name
 from vlmtrack.runtime import distributed as dist
 from vlmtrack.train import checkpoint as ckpt
 from vlmtrack.train.setup import Run
@@ -100,21 +101,40 @@ def golden(run: Run, step: int) -> None:
 
 def save(run: Run, step: int) -> None:
     """Each active trial's checkpoint; weights and their description go to the tracker, the optimizer state
-    stays local (resume)."""
+    stays local (resume). Then the checkpoints train.keep_checkpoints lets go are removed."""
     if not run.main:
         return
     towers = {"llm": run.cfg.model.llm, "vision": run.cfg.model.vision}
     for tr in run.active:
+        written = [c for c in tr.checkpoints if c["step"] != step] + [{"step": step, "run_id": tr.tracker.run_id}]
+        drop = ckpt.checkpoints_to_drop([c["step"] for c in written], tr.evals, run.cfg.train.keep_checkpoints)
+        tr.checkpoints = [c for c in written if c["step"] not in drop]  # what the trainer state lists
         path = ckpt.save_checkpoint(tr.out_dir, step, tr.connector, tr.optimizer, tr.scheduler,
                                     trainer_state(run, tr, step), towers)
         for name in (WEIGHTS_FILE, META_FILE):
             tr.tracker.log_artifact(path / name, checkpoint_name(step))
         tr.tracker.set_tags({"last_checkpoint": checkpoint_name(step)})
+        remove_checkpoints(run, tr, [c for c in written if c["step"] in drop])
+
+
+def remove_checkpoints(run: Run, tr: Trial, dropped: list[dict]) -> None:
+    """On disk and from MLflow: only checkpoints this training wrote (never one of an earlier training
+    sharing the folder), and never one a registered model version uses (the tracker keeps it)."""
+    if not dropped:
+        return
+    for c in dropped:
+        shutil.rmtree(checkpoint_dir(tr.out_dir, c["step"]), ignore_errors=True)
+        tr.tracker.delete_artifacts(checkpoint_name(c["step"]), c["run_id"])
+    keep = run.cfg.train.keep_checkpoints
+    best = ckpt.best_checkpoint([c["step"] for c in tr.checkpoints], tr.evals)
+    why = f"the {keep} newest" + (f" and the best eval_loss {best[1]:.4f} (step_{best[0]})" if best else "")
+    names = ", ".join(f"step_{c['step']}" for c in dropped)
+    run.log(f"[checkpoint] {tr.name}: removed {names} (train.keep_checkpoints={keep} keeps {why})")
 
 
 def trainer_state(run: Run, tr: Trial, step: int) -> dict:
     return {"step": step, "global_sample_index": step * run.cfg.train.batch_size, "evals": tr.evals,
-            "timing": run.timing}
+            "timing": run.timing, "checkpoints": tr.checkpoints}
 
 
 def progress_bar(run: Run):

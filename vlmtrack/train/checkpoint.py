@@ -126,5 +126,27 @@ def restore_trial(trial, path: Path) -> dict:
     trial.optimizer.load_state_dict(state["optimizer"])
     trial.scheduler.load_state_dict(state["scheduler"])
     trial.evals = state["evals"]
+    trial.checkpoints = state.get("checkpoints", [])  # a checkpoint saved before retention lists none
     restore_rng(state["rng"])
     return state
+
+
+def best_checkpoint(written: list[int], evals: list[dict]) -> tuple[int, float] | None:
+    """(step, eval_loss) of the written checkpoint with the best full-eval loss (the newer of equals)."""
+    loss_at = {e["step"]: e["eval_loss"] for e in evals if "eval_loss" in e}
+    scored = [s for s in written if s in loss_at]
+    if not scored:
+        return None
+    best = min(scored, key=lambda s: (loss_at[s], -s))
+    return best, loss_at[best]
+
+
+def checkpoints_to_drop(written: list[int], evals: list[dict], keep: int) -> list[int]:
+    """Of the checkpoint steps this run wrote (oldest first), those train.keep_checkpoints lets go: all but
+    the `keep` newest and the one with the best full-eval loss among those that have one (0 keeps all)."""
+    if keep <= 0:
+        return []
+    kept = set(written[-keep:])
+    if best := best_checkpoint(written, evals):
+        kept.add(best[0])
+    return [s for s in written if s not in kept]

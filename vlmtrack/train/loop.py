@@ -49,11 +49,12 @@ def train_trials(trials: list[Trial], log=print, score: Scorer | None = None,
             full_eval(run, step, run.quick_batches, "quick_eval")
         if due.full_eval:
             full_eval(run, step, run.eval_batches)
-        if due.save:
+        if due.save or due.golden:
             drop_nonfinite(run, steps.window, step, on_trial_failed)
-            save(run, step)
-        if due.golden:
+        if due.golden:  # before the save: a run killed between the two dumps this step again on resume
             golden(run, step)
+        if due.save:
+            save(run, step)
     if bar:
         bar.close()
     return trial_outcomes(run, step, steps.batches.bad_samples, score)

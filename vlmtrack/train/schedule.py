@@ -14,8 +14,8 @@ class Due:
     epoch_end: bool = False  # the epoch's data-sanity metrics
     quick_eval: bool = False
     full_eval: bool = False
-    save: bool = False  # a checkpoint (after the non-finite check)
-    golden: bool = False
+    golden: bool = False  # golden captions (after the non-finite check)
+    save: bool = False  # a checkpoint (after the golden captions of its step)
 
 
 def crossed(prev: int, now: int, every: int) -> bool:
@@ -41,7 +41,7 @@ def due_at(prev: int, step: int, total_steps: int, steps_per_epoch: int, t: Trai
         quick_eval=bool(t.quick_eval_steps) and crossed(prev, step, t.quick_eval_steps) and not last,
         full_eval=((epoch_end and t.full_eval_every == "epoch") or crossed(prev, step, eval_every)
                    or any(prev < s <= step for s in t.eval_at_steps) or last),
-        save=save,
         golden=((save and t.run_golden_every == "save") or (epoch_end and t.run_golden_every == "epoch")
                 or (last and t.run_golden_every != "never")),
+        save=save,
     )

@@ -29,6 +29,9 @@ class Trial:
     expected_hashes: tuple[str, str] | None = None  # (eval split, golden set) a sweep pins for all trials
     train_forward: object = None  # the connector as the training step calls it (compiled under train.compile)
     golden_tables: GoldenTables = field(default_factory=GoldenTables)
+    # the checkpoints this training wrote and still keeps, oldest first: {"step", "run_id"} (the MLflow run
+    # that holds its artifacts: a resumed training is a new run); retention removes from these alone
+    checkpoints: list[dict] = field(default_factory=list)
 
     @property
     def out_dir(self) -> Path:
