@@ -4,6 +4,7 @@ in MLflow, and a run killed mid-way resumes from its newest kept checkpoint to t
 import pytest
 
 from tests.helpers.tiny_models import tiny_config
+from tests.train.test_distributed import dies_after
 from vlmtrack.data.golden import GOLDEN_HISTORY_DIR
 from vlmtrack.model.connector_io import CHECKPOINTS, latest_checkpoint
 from vlmtrack.tracking.base import finishing
@@ -60,14 +61,7 @@ def test_200_saves_keep_every_caption_and_a_bounded_set_of_checkpoints(tiny_path
     assert sorted(p.rsplit("/", 1)[1] for p in checkpoints_in_mlflow(client, [full.run_id])) == on_disk
 
     real_save = ckpt.save_checkpoint
-
-    def save_then_die(out_dir, step, *a, **kw):
-        path = real_save(out_dir, step, *a, **kw)
-        if step == KILL_AT:
-            raise KeyboardInterrupt(f"killed after the step-{KILL_AT} checkpoint")
-        return path
-
-    monkeypatch.setattr(ckpt, "save_checkpoint", save_then_die)
+    monkeypatch.setattr(ckpt, "save_checkpoint", dies_after(KILL_AT, KeyboardInterrupt))
     cfg, first = run_cfg(tiny_paths, tmp_path / "killed"), MlflowTracker(experiment="long", run_name="killed")
     with pytest.raises(KeyboardInterrupt), finishing(first):
         loop.train(cfg, first, log=log)
