@@ -77,8 +77,8 @@ class TrainConfig:
     quick_eval_size: int = 200
     quick_eval_steps: int = 200  # 0 = no quick eval
     run_golden_every: str = "save"  # save | epoch | end | never
-    progress_percent: float = 0.1
-    tqdm_disable: bool = True
+    progress_percent: float = 0.1  # a fraction of the run, not a percent (the spec's name): 0.1 = a line every 10%
+    tqdm_disable: bool = True  # false: a tqdm bar over the steps too (the spec's runs keep it off)
     log_every: int = 10
     resume_from: str = ""
     kernels: str = "auto"  # auto (liger-kernel on CUDA when installed) | liger | torch

@@ -99,3 +99,16 @@ def test_nan_loss_stops_with_clear_error_and_keeps_last_good_checkpoint(tiny_pat
     weights, _ = ckpt.load_connector_weights(out / "checkpoints" / "step_4")
     assert all(torch.isfinite(w).all() for w in weights.values())
     assert tracker.status == "FAILED"
+
+
+def test_progress_lines_by_fraction_and_a_tqdm_bar_when_asked(tiny_paths, tmp_path, capsys):
+    lines = []
+    cfg = tiny_config(tiny_paths, tmp_path / "bar", quick_eval_steps=0, run_golden_every="never",
+                      progress_percent=0.25, tqdm_disable=False)
+    cfg.eval.run_ablations = False
+    loop.train(cfg, JsonlTracker(), log=lines.append)
+    assert [x.split()[1] for x in lines if x.startswith("[train]")] == ["25%", "50%", "75%", "100%"]  # 8 steps
+    assert "8/8" in capsys.readouterr().err  # the bar reached the last step
+    cfg.train.tqdm_disable, cfg.train.output_dir = True, str(tmp_path / "no-bar")
+    loop.train(cfg, JsonlTracker(), log=lines.append)
+    assert "8/8" not in capsys.readouterr().err
