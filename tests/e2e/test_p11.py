@@ -4,6 +4,8 @@ import json
 import pytest
 from mlflow import MlflowClient
 
+from vlmtrack.data.golden import latest_golden_table
+
 pytestmark = pytest.mark.slow
 
 BUCKETS = ("short", "medium", "long")
@@ -43,8 +45,8 @@ def test_eval_loss_is_the_token_weighted_recombination_of_buckets(run):
 def test_golden_table_has_64_rows_with_images(run, tmp_path):
     client, r, _ = run
     tables = [a["path"] for a in json.loads(r.data.tags["mlflow.loggedArtifacts"]) if a["type"] == "table"]
-    assert tables, "no golden table logged"
-    table = json.load(open(client.download_artifacts(r.info.run_id, sorted(tables)[-1], str(tmp_path))))
+    assert latest_golden_table(64) in tables, "no golden table logged"
+    table = json.load(open(client.download_artifacts(r.info.run_id, latest_golden_table(64), str(tmp_path))))
     assert len(table["data"]) == 64
     cols = table["columns"]
     assert {"image", "id", "bucket", "gt_text", "pred_text", "label_len", "pred_tokens_len"} <= set(cols)

@@ -22,7 +22,7 @@ def server(tmp_path):
 
 
 def test_training_logs_to_a_tracking_server_over_http(server, tiny_paths, tmp_path):
-    cfg = tiny_config(tiny_paths, tmp_path / "out")
+    cfg = tiny_config(tiny_paths, tmp_path / "out", keep_checkpoints=1)  # step_4 goes, through the server
     dump_yaml(cfg, tmp_path / "cfg.yaml")
     env = dict(os.environ, MLFLOW_TRACKING_URI=server)
     env.pop("MLFLOW_RUN_ID", None)
@@ -37,13 +37,17 @@ def test_training_logs_to_a_tracking_server_over_http(server, tiny_paths, tmp_pa
     assert {"eval_loss", "eval_loss_short", "train_loss", "delta_shuffle", "step_time_p90_s"} <= set(run.data.metrics)
     assert run.data.params["train.train_steps"] == "8"
     assert len(client.get_metric_history(run.info.run_id, "train_loss")) == 4
-    assert {"path": "golden/step_8_golden6.json", "type": "table"} in json.loads(run.data.tags["mlflow.loggedArtifacts"])
-    table = json.load(open(client.download_artifacts(run.info.run_id, "golden/step_8_golden6.json", str(tmp_path))))
+    assert {"path": "golden/golden6.json", "type": "table"} in json.loads(run.data.tags["mlflow.loggedArtifacts"])
+    table = json.load(open(client.download_artifacts(run.info.run_id, "golden/golden6.json", str(tmp_path))))
     assert len(table["data"]) == 6 and table["columns"][0] == "image"
+    assert {row[table["columns"].index("step")] for row in table["data"]} == {8}
     image = table["data"][0][0]
     images = {f.path for f in client.list_artifacts(run.info.run_id, "golden/images")}
     assert image["type"] == "image" and {image["filepath"], image["compressed_filepath"]} <= images
     files = {f.path for f in client.list_artifacts(run.info.run_id, "checkpoints/step_8")}
     assert files == {"checkpoints/step_8/connector.safetensors", "checkpoints/step_8/connector.json"}
+    # train.keep_checkpoints=1: step_4 removed from the server's artifact store (the best eval is step 8's)
+    assert [f.path for f in client.list_artifacts(run.info.run_id, "checkpoints")] == ["checkpoints/step_8"]
+    assert [p.name for p in (tmp_path / "out" / "checkpoints").iterdir()] == ["step_8"]
     local = client.download_artifacts(run.info.run_id, "metrics.json", str(tmp_path / "dl"))
     assert '"final_eval"' in open(local).read()
