@@ -178,6 +178,26 @@ def test_golden_decode_setting():
         use_static_decode("graph", cpu)
 
 
+def test_decode_step_traces_whole_so_a_graph_can_capture_it(sharp):
+    """What a CUDA graph needs of the step, checked on CPU: no host sync and no branch on a tensor's value
+    (dynamo traces it as one graph), and it keeps its fixed-address state advancing in place."""
+    from vlmtrack.eval.decode import StaticRunner
+
+    bb, conns = sharp
+    embeds, mask = prompt_batch(bb, conns[0], 3)
+    runner = StaticRunner(bb.llm, 3, embeds.shape[1] + 4, torch.device("cpu"), torch.float32)
+    with torch.no_grad():
+        runner.prefill(embeds, mask)
+        eager = runner.step(torch.tensor([5, 6, 7]), graphed=False).clone()
+        runner.prefill(embeds, mask)
+        runner.token.copy_(torch.tensor([5, 6, 7]))
+        torch.compile(runner._step, fullgraph=True, backend="eager")()
+    # dynamo takes transformers' repeat-kv attention rather than its packed one: equal up to rounding
+    assert torch.allclose(runner.logits, eager, atol=1e-4)
+    assert int(runner.slot) == embeds.shape[1] + 1 and int(runner.cache.layers[0].cumulative_length) == int(runner.slot)
+    torch._dynamo.reset()
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 @pytest.mark.parametrize("rows", [3, 8])
 def test_cuda_graph_decode_equals_generate(tiny_paths, rows):

@@ -77,6 +77,8 @@ def sampling_settings(llm, **generate_kwargs) -> Sampling | str:
         return f"{type(llm).__name__} is not a decoder-only LM with .model and .lm_head"
     if set(getattr(llm.config, "layer_types", None) or ["full_attention"]) != {"full_attention"}:
         return "the LM has sliding-window or other non-full attention layers"
+    if getattr(llm.config, "_attn_implementation", "sdpa") != "sdpa":  # the step's boolean key mask is SDPA's
+        return f"the LM's attention is {llm.config._attn_implementation}, not sdpa"
     odd = [k for k, ok in _NEUTRAL.items() if getattr(config, k, None) not in ok]
     eos = config.eos_token_id
     if odd or not isinstance(eos, int) or config.pad_token_id is None:
@@ -141,10 +143,10 @@ class StaticRunner:
     step reads only tensors that live as long as the runner (the token, the rows' positions, the cache slot
     and the key mask) and advances them in place, so a CUDA graph of it replays the next token each time."""
 
-    def __init__(self, llm, rows: int, cache_len: int, device: torch.device, dtype: torch.dtype, pool=None):
+    def __init__(self, llm, rows: int, cache_len: int, device: torch.device, dtype: torch.dtype):
         from transformers import StaticCache
 
-        self.llm, self.dtype, self.device, self.pool = llm, dtype, device, pool
+        self.llm, self.dtype, self.device = llm, dtype, device
         self.cache = StaticCache(config=llm.config, max_cache_len=cache_len)
         self.token = torch.zeros(rows, dtype=torch.long, device=device)
         self.position = torch.zeros(rows, dtype=torch.long, device=device)  # each row's RoPE position
@@ -217,7 +219,9 @@ class StaticRunner:
             for t, s in zip(self._state(), saved):
                 t.copy_(s)
             graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph, pool=self.pool):
+            # its own memory pool (freed with the graph); thread_local: the training loader's pinning thread
+            # may call CUDA meanwhile, which the global mode would count against this capture
+            with torch.cuda.graph(graph, capture_error_mode="thread_local"):
                 self._step()
             self.graph = graph
         except Exception as e:  # a model with a host sync in its forward: decode on, eagerly
@@ -263,13 +267,12 @@ def decode(runner: StaticRunner, embeds: torch.Tensor, mask: torch.Tensor, s: Sa
 
 
 class StaticDecoder:
-    """The static loop for one golden dump: a runner per row count (a dump's last batch may be smaller),
-    all graphs in one memory pool; close() frees the caches and graphs (the training step needs the memory)."""
+    """The static loop for one golden dump: a runner per row count (a dump's last batch may be smaller);
+    close() frees the caches and graphs (the training step needs the memory)."""
 
     def __init__(self, llm, cache_len: int, device: torch.device, dtype: torch.dtype, log=print):
         self.llm, self.cache_len, self.device, self.dtype, self.log = llm, cache_len, device, dtype, log
         self.graphed = device.type == "cuda"
-        self.pool = torch.cuda.graph_pool_handle() if self.graphed else None
         self.runners: dict[int, StaticRunner] = {}
 
     def generate(self, embeds: torch.Tensor, mask: torch.Tensor, s: Sampling) -> torch.Tensor:
@@ -278,7 +281,7 @@ class StaticDecoder:
             raise ValueError(f"prompt of {width} tokens + {s.max_new_tokens} new ones exceeds the static cache "
                              f"of {self.cache_len}")
         if rows not in self.runners:
-            self.runners[rows] = StaticRunner(self.llm, rows, self.cache_len, self.device, self.dtype, self.pool)
+            self.runners[rows] = StaticRunner(self.llm, rows, self.cache_len, self.device, self.dtype)
         runner = self.runners[rows]
         failed_before = runner.failed
         tokens = decode(runner, embeds, mask, s, self.graphed)
@@ -290,4 +293,3 @@ class StaticDecoder:
         for runner in self.runners.values():
             runner.close()
         self.runners.clear()
-        self.pool = None
