@@ -219,3 +219,22 @@ def test_cuda_graph_decode_equals_generate(tiny_paths, rows):
     assert runner.failed is None and runner.graph is not None
     assert torch.equal(fast[0], reference) and torch.equal(fast[1], reference)  # and a replay of the graph
     decoder.close()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_golden_dump_auto_captures_the_step_under_bf16(tiny_paths):
+    """A whole dump as training runs it on a GPU (auto, bf16 autocast, two connectors, a smaller last
+    batch): the step is captured (no fallback logged), captions come for every item, and the memory the
+    cache and graphs took is given back."""
+    cuda = torch.device("cuda")
+    bb = load_backbone(str(tiny_paths["llm"]), str(tiny_paths["vision"]), torch.bfloat16).to(cuda)
+    conns = [Connector(bb.vision_dim, bb.llm_dim, 4, 1, 2).to(cuda) for _ in range(2)]
+    items, human = golden_items(tiny_paths, 7)
+    cfg = load_config(None, ["eval.golden_batch_size=4", "eval.max_new_tokens=16"])
+    logs = []
+    before = torch.cuda.memory_allocated()
+    records = generate_golden(bb, conns, items, human, tiny_paths["images"], 4, cfg.eval, cuda, torch.bfloat16,
+                              log=logs.append)
+    assert not [line for line in logs if "failed" in line or "generate() decoding" in line], logs
+    assert [len(r) for r in records] == [7, 7]
+    assert torch.cuda.memory_allocated() <= before + 2**20
