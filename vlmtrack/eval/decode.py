@@ -218,17 +218,30 @@ class StaticRunner:
             torch.cuda.current_stream().wait_stream(side)
             for t, s in zip(self._state(), saved):
                 t.copy_(s)
-            graph = torch.cuda.CUDAGraph()
-            # its own memory pool (freed with the graph); thread_local: the training loader's pinning thread
-            # may call CUDA meanwhile, which the global mode would count against this capture
-            with torch.cuda.graph(graph, capture_error_mode="thread_local"):
-                self._step()
-            self.graph = graph
+            self.graph = self._record()
         except Exception as e:  # a model with a host sync in its forward: decode on, eagerly
             self.failed = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
             torch.cuda.synchronize()
             for t, s in zip(self._state(), saved):
                 t.copy_(s)
+
+    def _record(self) -> "torch.cuda.CUDAGraph":
+        """The capture itself, through CUDAGraph's own begin/end rather than `torch.cuda.graph`, which first
+        empties the device and pinned-host caches: inside a training run that would hand back the blocks the
+        step and the loader's pinned batches reuse, at every dump. The graph gets its own memory pool (freed
+        with it). thread_local: the loader's pinning thread may call CUDA meanwhile, which the global mode
+        would count against this capture."""
+        graph = torch.cuda.CUDAGraph()
+        stream = torch.cuda.Stream()
+        stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(stream):
+            graph.capture_begin(capture_error_mode="thread_local")
+            try:
+                self._step()
+            finally:
+                graph.capture_end()
+        torch.cuda.current_stream().wait_stream(stream)
+        return graph
 
     def _state(self) -> list[torch.Tensor]:
         """What a step advances: positions, slot and every cache layer's fill count."""
