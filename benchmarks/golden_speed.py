@@ -83,14 +83,17 @@ def measure(args, root: Path) -> list[dict]:
             notes = []
             row = {"batch": batch, "path": mode, "first": float("nan"), "second": float("nan"), "notes": notes}
             try:
-                peak0 = torch.cuda.max_memory_allocated() if device.type == "cuda" else 0
+                if device.type == "cuda":  # the dump's own memory: its peak above what was held before it
+                    torch.cuda.reset_peak_memory_stats()
+                    held = torch.cuda.memory_allocated()
                 row["first"], texts[mode] = run(mode, batch, args.new_tokens, notes.append)
                 row["second"], again = run(mode, batch, args.new_tokens, notes.append)
                 if again != texts[mode]:
                     notes.append("second dump's captions differ from the first's")
                 if device.type == "cuda":
-                    row["peak_gib"] = (torch.cuda.max_memory_allocated() - peak0) / 2**30
-                    row["after_gib"] = torch.cuda.memory_allocated() / 2**30
+                    row["peak_gib"] = (torch.cuda.max_memory_allocated() - held) / 2**30
+                    if torch.cuda.memory_allocated() > held + 2**20:
+                        notes.append(f"{(torch.cuda.memory_allocated() - held) / 2**20:.0f} MiB still held after the dumps")
             except Exception as e:  # report and go on: the other rows still mean something
                 notes.append(f"FAILED {type(e).__name__}: {e}")
                 traceback.print_exc()

@@ -69,9 +69,11 @@ def sampling_settings(llm, **generate_kwargs) -> Sampling | str:
         from transformers.cache_utils import StaticLayer
         from transformers.generation.logits_process import RepetitionPenaltyLogitsProcessor
         config, _ = llm._prepare_generation_config(None, **generate_kwargs)  # generate's own merge
+        # 5.x layers count their own fill on the device; 4.x ones needed cache positions from the caller
+        counts_itself = isinstance(getattr(StaticLayer(max_cache_len=1), "cumulative_length", None), torch.Tensor)
     except (ImportError, AttributeError, TypeError, ValueError) as e:
-        return f"this transformers cannot merge generation settings as generate() does ({type(e).__name__}: {e})"
-    if "cumulative_length" not in inspect.getsource(StaticLayer.__init__):
+        return f"this transformers has no 5.x StaticCache or generation-config merge ({type(e).__name__}: {e})"
+    if not counts_itself:
         return "this transformers' StaticCache predates 5.x (it needs cache positions)"
     if getattr(llm.config, "is_encoder_decoder", False) or not hasattr(llm, "model") or not hasattr(llm, "lm_head"):
         return f"{type(llm).__name__} is not a decoder-only LM with .model and .lm_head"
