@@ -178,6 +178,28 @@ def test_golden_decode_setting():
         use_static_decode("graph", cpu)
 
 
+def test_a_failing_static_decode_hands_auto_dumps_to_generate(sharp, monkeypatch):
+    from vlmtrack.eval import decode as decode_mod
+
+    bb, conns = sharp
+    embeds, mask = prompt_batch(bb, conns[0], 3)
+    s = sampling_settings(bb.llm, max_new_tokens=4, eos_token_id=2, pad_token_id=bb.pad_id)
+    calls = []
+
+    def broken(*a, **kw):
+        calls.append(1)
+        raise TypeError("forward() got an unexpected keyword argument")
+
+    monkeypatch.setattr(decode_mod, "decode", broken)
+    logs = []
+    lenient = StaticDecoder(bb.llm, embeds.shape[1] + 4, torch.device("cpu"), torch.float32, logs.append, strict=False)
+    assert lenient.try_generate(embeds, mask, s) is None and lenient.try_generate(embeds, mask, s) is None
+    assert len(calls) == 1 and len(logs) == 1 and "generate() for the rest" in logs[0]
+    strict = StaticDecoder(bb.llm, embeds.shape[1] + 4, torch.device("cpu"), torch.float32, logs.append)
+    with pytest.raises(TypeError):
+        strict.try_generate(embeds, mask, s)
+
+
 def test_decode_step_traces_whole_so_a_graph_can_capture_it(sharp):
     """What a CUDA graph needs of the step, checked on CPU: no host sync and no branch on a tensor's value
     (dynamo traces it as one graph), and it keeps its fixed-address state advancing in place."""

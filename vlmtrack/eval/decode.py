@@ -75,6 +75,8 @@ def sampling_settings(llm, **generate_kwargs) -> Sampling | str:
         return f"this transformers has no 5.x StaticCache or generation-config merge ({type(e).__name__}: {e})"
     if not counts_itself:
         return "this transformers' StaticCache predates 5.x (it needs cache positions)"
+    if not type(llm).__module__.startswith("transformers."):  # the step passes masks as transformers' own LMs take them
+        return f"{type(llm).__name__} is remote code, not one of transformers' LMs"
     if getattr(llm.config, "is_encoder_decoder", False) or not hasattr(llm, "model") or not hasattr(llm, "lm_head"):
         return f"{type(llm).__name__} is not a decoder-only LM with .model and .lm_head"
     if set(getattr(llm.config, "layer_types", None) or ["full_attention"]) != {"full_attention"}:
@@ -285,10 +287,28 @@ class StaticDecoder:
     """The static loop for one golden dump: a runner per row count (a dump's last batch may be smaller);
     close() frees the caches and graphs (the training step needs the memory)."""
 
-    def __init__(self, llm, cache_len: int, device: torch.device, dtype: torch.dtype, log=print):
+    def __init__(self, llm, cache_len: int, device: torch.device, dtype: torch.dtype, log=print, strict: bool = True):
         self.llm, self.cache_len, self.device, self.dtype, self.log = llm, cache_len, device, dtype, log
         self.graphed = device.type == "cuda"
+        self.strict = strict  # False (golden_decode=auto): an error hands the rest of the dump to generate()
+        self.broken: str | None = None
         self.runners: dict[int, StaticRunner] = {}
+
+    def try_generate(self, embeds: torch.Tensor, mask: torch.Tensor, s: Sampling) -> torch.Tensor | None:
+        """generate(), or None once it has failed in a non-strict decoder (the caller then runs
+        transformers' generate()): a model whose forward the static step does not suit costs a log line,
+        not the run."""
+        if self.broken:
+            return None
+        try:
+            return self.generate(embeds, mask, s)
+        except Exception as e:
+            if self.strict:
+                raise
+            self.broken = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+            self.log(f"[golden] static decoding failed ({self.broken}); generate() for the rest of this dump")
+            self.close()
+            return None
 
     def generate(self, embeds: torch.Tensor, mask: torch.Tensor, s: Sampling) -> torch.Tensor:
         rows, width = embeds.shape[:2]

@@ -78,7 +78,9 @@ def _static_decoder(backbone, golden, human_by_id, num_latents, ecfg, kwargs, de
         return None
     # one cache length for the whole dump, so each row count's graph serves every batch
     longest = max(len(_prompt(backbone, human_by_id[it["id"]], num_latents)) for it in golden)
-    return StaticDecoder(backbone.llm, longest + sampling.max_new_tokens, device, dtype, log), sampling
+    decoder = StaticDecoder(backbone.llm, longest + sampling.max_new_tokens, device, dtype, log,
+                            strict=ecfg.golden_decode == "static")
+    return decoder, sampling
 
 
 def _prompt(backbone, human: str, num_latents: int) -> list[int]:
@@ -100,8 +102,9 @@ def _batch_tokens(backbone, connectors, items, human_by_id, image_root, num_late
         with sdpa_without_cudnn():
             visual = torch.stack([c(features) for c in connectors])
             embeds = backbone.embed(ids.repeat(k, 1), visual.reshape(-1, *visual.shape[2:]))
-            if decoder is not None:
-                return decoder[0].generate(embeds, mask.repeat(k, 1), decoder[1]).cpu()
+            tokens = decoder[0].try_generate(embeds, mask.repeat(k, 1), decoder[1]) if decoder else None
+            if tokens is not None:
+                return tokens.cpu()
             sequences = backbone.llm.generate(inputs_embeds=embeds, attention_mask=mask.repeat(k, 1), **kwargs)
     return generated_part(sequences, ids.repeat(k, 1)).cpu()
 
