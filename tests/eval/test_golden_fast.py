@@ -15,6 +15,7 @@ from vlmtrack.eval.decode import StaticDecoder, next_scores, sampling_settings, 
 from vlmtrack.eval.golden_gen import generate_golden
 from vlmtrack.model.backbone import load_backbone
 from vlmtrack.model.connector import Connector
+from vlmtrack.model.kernels import sdpa_without_cudnn
 
 HUMANS = ["<image>\nDescribe.", "<image>\nWrite a terse but informative summary of the picture.",
           "Write a terse summary.\n<image>", "<image>\nWhat is it?", "Give a short caption of this image.\n<image>",
@@ -233,7 +234,7 @@ def test_cuda_graph_decode_equals_generate(tiny_paths, rows):
     embeds, mask = prompt_batch(bb, conn, rows, torch.device("cuda"))
     kwargs = dict(do_sample=False, max_new_tokens=NEW_TOKENS, eos_token_id=2, pad_token_id=bb.pad_id,
                   temperature=0.2, top_p=0.9, repetition_penalty=1.0)
-    with torch.no_grad():
+    with torch.no_grad(), sdpa_without_cudnn():  # the backends golden_gen decodes under
         reference = bb.llm.generate(inputs_embeds=embeds, attention_mask=mask, **kwargs)
         decoder = StaticDecoder(bb.llm, embeds.shape[1] + NEW_TOKENS, torch.device("cuda"), torch.float32)
         fast = [decoder.generate(embeds, mask, sampling_settings(bb.llm, **kwargs)) for _ in range(2)]
