@@ -98,6 +98,8 @@ class EvalConfig:
     max_new_tokens: int = 64
     repetition_penalty: float = 1.0
     generation_seed: int = 0
+    # auto (a static KV cache and a CUDA-graph decode step on CUDA, generate() on CPU) | generate | static
+    golden_decode: str = "auto"
 
 
 @dataclass
@@ -327,6 +329,7 @@ def validate(cfg: Config) -> None:
         ("train.precision", t.precision, ("auto", "bf16", "fp32")),
         ("train.lr_schedule", t.lr_schedule, ("constant", "cosine")),
         ("train.run_golden_every", t.run_golden_every, ("save", "epoch", "end", "never")),
+        ("eval.golden_decode", e.golden_decode, ("auto", "generate", "static")),
     ]:
         if value not in choices:
             problems.append(f"{name} must be {', '.join(choices[:-1])} or {choices[-1]}, got '{value}'")

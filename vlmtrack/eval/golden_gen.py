@@ -10,6 +10,7 @@ import torch
 from vlmtrack.data.dataset import collate_prompts, pixel_values
 from vlmtrack.data.golden import qual_file
 from vlmtrack.data.prompt import end_of_turn_id, expanded_prompt_ids
+from vlmtrack.eval.decode import StaticDecoder, sampling_settings, use_static_decode
 from vlmtrack.files import write_jsonl
 from vlmtrack.model.kernels import sdpa_without_cudnn
 from vlmtrack.runtime.device import autocast
@@ -32,43 +33,80 @@ def _record(item: dict, text: str, n_tokens: int) -> dict:
 
 @torch.no_grad()
 def generate_golden(backbone, connectors: list, golden: list[dict], human_by_id: dict[str, str], image_root: Path,
-                    num_latents: int, ecfg, device: torch.device, dtype: torch.dtype) -> list[list[dict]]:
-    """Captions for every golden item from every connector; returns one record list per connector."""
+                    num_latents: int, ecfg, device: torch.device, dtype: torch.dtype, eos_token_id: int | None = None,
+                    log=print) -> list[list[dict]]:
+    """Captions for every golden item from every connector; returns one record list per connector.
+    eos_token_id: where a caption ends (default: the end-of-turn token); benchmarks pass one never drawn."""
     tok = backbone.tokenizer
-    eot = end_of_turn_id(tok)
+    eot = end_of_turn_id(tok) if eos_token_id is None else eos_token_id
+    kwargs = dict(do_sample=ecfg.temperature > 0, temperature=ecfg.temperature, top_p=ecfg.top_p,
+                  max_new_tokens=ecfg.max_new_tokens, repetition_penalty=ecfg.repetition_penalty,
+                  eos_token_id=eot, pad_token_id=backbone.pad_id)
+    decoder = _static_decoder(backbone, golden, human_by_id, num_latents, ecfg, kwargs, device, dtype, log)
     torch.manual_seed(ecfg.generation_seed)  # generate() takes no generator (spec: seeded this way)
     out = [[] for _ in connectors]
     for c in connectors:
         c.eval()
-    for start in range(0, len(golden), ecfg.golden_batch_size):
-        items = golden[start:start + ecfg.golden_batch_size]
-        prompts = [expanded_prompt_ids(tok, human_by_id[it["id"]], backbone.image_token_id, num_latents)
-                   for it in items]
-        ids, mask = collate_prompts(prompts, backbone.pad_id)
-        pixels = torch.stack([pixel_values(backbone.image_processor, image_root, it["image_relpath"], backbone.tower_dtype)
-                              for it in items])
-        ids, mask, pixels = ids.to(device), mask.to(device), pixels.to(device)
-        with autocast(device, dtype):
-            features = backbone.vision_features(pixels)
-            k = len(connectors)
-            # cuDNN would plan each new shape: the connector's at this batch size, the LLM's at every token
-            with sdpa_without_cudnn():
-                visual = torch.stack([c(features) for c in connectors])
-                embeds = backbone.embed(ids.repeat(k, 1), visual.reshape(-1, *visual.shape[2:]))
-                sequences = backbone.llm.generate(
-                    inputs_embeds=embeds, attention_mask=mask.repeat(k, 1), do_sample=ecfg.temperature > 0,
-                    temperature=ecfg.temperature, top_p=ecfg.top_p, max_new_tokens=ecfg.max_new_tokens,
-                    repetition_penalty=ecfg.repetition_penalty, eos_token_id=eot, pad_token_id=backbone.pad_id,
-                )
-        new = generated_part(sequences, ids.repeat(k, 1)).cpu()
-        for row in range(new.shape[0]):
-            tokens = new[row].tolist()
-            n = tokens.index(eot) if eot in tokens else len(tokens)
-            text = tok.decode(tokens[:n], skip_special_tokens=True).strip()
-            out[row // len(items)].append(_record(items[row % len(items)], text, n))
-    for c in connectors:
-        c.train()
+    try:
+        for start in range(0, len(golden), ecfg.golden_batch_size):
+            items = golden[start:start + ecfg.golden_batch_size]
+            new = _batch_tokens(backbone, connectors, items, human_by_id, image_root, num_latents, kwargs, decoder,
+                                device, dtype)
+            for row in range(new.shape[0]):
+                tokens = new[row].tolist()
+                n = tokens.index(eot) if eot in tokens else len(tokens)
+                text = tok.decode(tokens[:n], skip_special_tokens=True).strip()
+                out[row // len(items)].append(_record(items[row % len(items)], text, n))
+    finally:
+        if decoder is not None:
+            decoder[0].close()
+        for c in connectors:
+            c.train()
     return out
+
+
+def _static_decoder(backbone, golden, human_by_id, num_latents, ecfg, kwargs, device, dtype, log):
+    """(StaticDecoder, Sampling) when eval.golden_decode picks the static loop and it can reproduce
+    generate() for this model and these settings; None for generate()."""
+    if not use_static_decode(ecfg.golden_decode, device) or not golden:
+        return None
+    sampling = sampling_settings(backbone.llm, **kwargs)
+    if isinstance(sampling, str):
+        if ecfg.golden_decode == "static":
+            raise ValueError(f"eval.golden_decode=static: {sampling}")
+        log(f"[golden] generate() decoding: {sampling}")
+        return None
+    # one cache length for the whole dump, so each row count's graph serves every batch
+    longest = max(len(_prompt(backbone, human_by_id[it["id"]], num_latents)) for it in golden)
+    decoder = StaticDecoder(backbone.llm, longest + sampling.max_new_tokens, device, dtype, log,
+                            strict=ecfg.golden_decode == "static")
+    return decoder, sampling
+
+
+def _prompt(backbone, human: str, num_latents: int) -> list[int]:
+    return expanded_prompt_ids(backbone.tokenizer, human, backbone.image_token_id, num_latents)
+
+
+def _batch_tokens(backbone, connectors, items, human_by_id, image_root, num_latents, kwargs, decoder, device,
+                  dtype) -> torch.Tensor:
+    """The new tokens of one batch of items, every connector's rows stacked (connector-major), on the CPU."""
+    ids, mask = collate_prompts([_prompt(backbone, human_by_id[it["id"]], num_latents) for it in items],
+                                backbone.pad_id)
+    pixels = torch.stack([pixel_values(backbone.image_processor, image_root, it["image_relpath"], backbone.tower_dtype)
+                          for it in items])
+    ids, mask, pixels = ids.to(device), mask.to(device), pixels.to(device)
+    k = len(connectors)
+    with autocast(device, dtype):
+        features = backbone.vision_features(pixels)
+        # cuDNN would plan each new shape: the connector's at this batch size, the LLM's at every token
+        with sdpa_without_cudnn():
+            visual = torch.stack([c(features) for c in connectors])
+            embeds = backbone.embed(ids.repeat(k, 1), visual.reshape(-1, *visual.shape[2:]))
+            tokens = decoder[0].try_generate(embeds, mask.repeat(k, 1), decoder[1]) if decoder else None
+            if tokens is not None:
+                return tokens.cpu()
+            sequences = backbone.llm.generate(inputs_embeds=embeds, attention_mask=mask.repeat(k, 1), **kwargs)
+    return generated_part(sequences, ids.repeat(k, 1)).cpu()
 
 
 def write_golden(records: list[dict], out_dir: Path, step: int, size: int) -> Path:
