@@ -65,7 +65,6 @@ def sampling_settings(llm, **generate_kwargs) -> Sampling | str:
     them (a model that is not a decoder-only one of full-attention layers, an unsupported option, a
     transformers without the 5.x StaticCache)."""
     try:
-        from transformers import StaticCache  # noqa: F401
         from transformers.cache_utils import StaticLayer
         from transformers.generation.logits_process import RepetitionPenaltyLogitsProcessor
         config, _ = llm._prepare_generation_config(None, **generate_kwargs)  # generate's own merge
