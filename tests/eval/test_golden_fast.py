@@ -5,7 +5,7 @@ import json
 
 import pytest
 import torch
-from transformers import LogitsProcessorList, RepetitionPenaltyLogitsProcessor, TemperatureLogitsWarper
+from transformers import LogitsProcessorList, TemperatureLogitsWarper
 from transformers.generation.logits_process import TopKLogitsWarper, TopPLogitsWarper
 
 from vlmtrack.config import ConfigError, load_config
@@ -90,17 +90,19 @@ def test_all_rows_ending_stops_the_loop_as_generate_does(sharp):
     assert torch.equal(fast, reference)
 
 
-def test_greedy_repetition_penalty_equals_generate(sharp):
-    bb, conns = sharp
-    embeds, mask = prompt_batch(bb, conns[1], 6)
-    reference, fast = both_paths(bb, embeds, mask, repetition_penalty=1.5)
-    assert torch.equal(fast, reference)
+def test_a_repetition_penalty_is_left_to_generate(sharp):
+    """How transformers applies the penalty to an inputs_embeds prompt changed between 5.x releases (the
+    H200 image's 5.17 and CI's 5.23 differ): the static loop refuses it, and `auto` dumps with generate()."""
+    bb, _ = sharp
+    reason = sampling_settings(bb.llm, do_sample=False, max_new_tokens=NEW_TOKENS, repetition_penalty=1.5,
+                               eos_token_id=2, pad_token_id=0)
+    assert isinstance(reason, str) and "repetition_penalty" in reason
 
 
 def test_sampled_captions_reproducible_for_a_seed_and_the_same_draws_as_generate(sharp):
     bb, conns = sharp
     embeds, mask = prompt_batch(bb, conns[0], 6)
-    settings = dict(do_sample=True, temperature=0.7, top_p=0.9, repetition_penalty=1.3)
+    settings = dict(do_sample=True, temperature=0.7, top_p=0.9, repetition_penalty=1.0)
     reference, fast = both_paths(bb, embeds, mask, seed=5, **settings)
     _, again = both_paths(bb, embeds, mask, seed=5, **settings)
     _, other = both_paths(bb, embeds, mask, seed=6, **settings)
@@ -109,27 +111,22 @@ def test_sampled_captions_reproducible_for_a_seed_and_the_same_draws_as_generate
 
 
 def test_processors_match_transformers_in_generates_order():
-    """Repetition penalty, then temperature, top-k (generate's default 50 included) and top-p, as
-    generate's _get_logits_processor appends them; the penalty skips each row's first <left pads> new ids."""
+    """Temperature, top-k (generate's default 50 included) and top-p, as generate's _get_logits_processor
+    appends them; greedy leaves the logits as they are."""
     torch.manual_seed(0)
     scores = torch.randn(3, 120) * 3
     new_ids = torch.randint(0, 120, (3, 7))
-    pads = torch.tensor([0, 2, 9])
-    s = sampling_settings_for(do_sample=True, temperature=0.6, top_k=50, top_p=0.8, repetition_penalty=1.4)
-    seen = torch.zeros(3, 120, dtype=torch.int32)
-    for t in range(new_ids.shape[1]):
-        seen.scatter_add_(1, new_ids[:, t:t + 1], (pads <= t).int()[:, None])
-    reference = LogitsProcessorList([RepetitionPenaltyLogitsProcessor(1.4, prompt_ignore_length=pads),
-                                     TemperatureLogitsWarper(0.6), TopKLogitsWarper(50), TopPLogitsWarper(0.8)])
-    assert torch.equal(next_scores(scores.clone(), seen, s), reference(new_ids, scores.clone()))
-    greedy = sampling_settings_for(do_sample=False, temperature=0.6, top_k=50, top_p=0.8, repetition_penalty=1.4)
-    assert torch.equal(next_scores(scores.clone(), seen, greedy), reference[0](new_ids, scores.clone()))
+    s = sampling_settings_for(do_sample=True, temperature=0.6, top_k=50, top_p=0.8)
+    reference = LogitsProcessorList([TemperatureLogitsWarper(0.6), TopKLogitsWarper(50), TopPLogitsWarper(0.8)])
+    assert torch.equal(next_scores(scores.clone(), s), reference(new_ids, scores.clone()))
+    greedy = sampling_settings_for(do_sample=False, temperature=0.6, top_k=50, top_p=0.8)
+    assert torch.equal(next_scores(scores.clone(), greedy), scores)
 
 
 def sampling_settings_for(**fields):
     from vlmtrack.eval.decode import Sampling
 
-    return Sampling(max_new_tokens=8, eos_token_id=2, pad_token_id=0, penalty_skips_pad_count=True, **fields)
+    return Sampling(max_new_tokens=8, eos_token_id=2, pad_token_id=0, **fields)
 
 
 def test_generate_merges_the_models_generation_config(sharp):
@@ -248,16 +245,18 @@ def test_cuda_graph_decode_equals_generate(tiny_paths, rows):
 def test_cuda_golden_dump_auto_captures_the_step_under_bf16(tiny_paths):
     """A whole dump as training runs it on a GPU (auto, bf16 autocast, two connectors, a smaller last
     batch): the step is captured (no fallback logged), captions come for every item, and the memory the
-    cache and graphs took is given back."""
+    cache and graphs took is given back: a second dump ends where the first did (cuBLAS keeps one workspace
+    for the capture stream, ~128 MiB on an H200, once per process)."""
     cuda = torch.device("cuda")
     bb = load_backbone(str(tiny_paths["llm"]), str(tiny_paths["vision"]), torch.bfloat16).to(cuda)
     conns = [Connector(bb.vision_dim, bb.llm_dim, 4, 1, 2).to(cuda) for _ in range(2)]
     items, human = golden_items(tiny_paths, 7)
     cfg = load_config(None, ["eval.golden_batch_size=4", "eval.max_new_tokens=16"])
-    logs = []
-    before = torch.cuda.memory_allocated()
-    records = generate_golden(bb, conns, items, human, tiny_paths["images"], 4, cfg.eval, cuda, torch.bfloat16,
-                              log=logs.append)
+    logs, held = [], []
+    for _ in range(2):
+        records = generate_golden(bb, conns, items, human, tiny_paths["images"], 4, cfg.eval, cuda, torch.bfloat16,
+                                  log=logs.append)
+        held.append(torch.cuda.memory_allocated())
     assert not [line for line in logs if "failed" in line or "generate() decoding" in line], logs
     assert [len(r) for r in records] == [7, 7]
-    assert torch.cuda.memory_allocated() <= before + 2**20
+    assert held[1] <= held[0] + 2**20

@@ -10,14 +10,12 @@ eagerly: that is what the tests compare with `generate()`.
 
 What the loop reproduces (transformers' `_sample` and `_get_logits_processor`): the generation config is
 merged as generate merges it (arguments > the model's generation_config > transformers' defaults, top_k=50
-among them); logits are processed in generate's order, repetition penalty, then temperature, top-k, top-p
-(the last three only when sampling); tokens are drawn with `torch.multinomial` from the global generator
+among them); logits are processed in generate's order when sampling: temperature, top-k, top-p; tokens are drawn with `torch.multinomial` from the global generator
 (the same draws as generate's), or argmax; rows past their eos get the pad token; the loop stops when every
 row has ended or after max_new_tokens. Anything else in the merged config (beams, min lengths, bad words,
 ...) is not reproduced: `auto` then keeps `generate()`."""
 from __future__ import annotations
 
-import inspect
 from dataclasses import dataclass
 
 import torch
@@ -35,7 +33,11 @@ _NEUTRAL = {"num_beams": (1, None), "num_return_sequences": (1, None), "no_repea
             "typical_p": (None, 1, 1.0), "min_p": (None,), "top_h": (None,), "epsilon_cutoff": (None, 0, 0.0),
             "eta_cutoff": (None, 0, 0.0), "renormalize_logits": (None, False), "remove_invalid_values": (None, False),
             "exponential_decay_length_penalty": (None,), "watermarking_config": (None,), "stop_strings": (None,),
-            "max_time": (None,), "encoder_repetition_penalty": (None, 1, 1.0)}
+            "max_time": (None,), "encoder_repetition_penalty": (None, 1, 1.0),
+            # how transformers applies it to an inputs_embeds prompt changed between 5.x releases (5.17: over
+            # all new tokens; 5.23: past each row's left-pad count), so only generate() reproduces it; the
+            # spec's golden settings leave it at 1.0
+            "repetition_penalty": (None, 1, 1.0)}
 
 
 def use_static_decode(setting: str, device: torch.device) -> bool:
@@ -53,11 +55,9 @@ class Sampling:
     temperature: float
     top_k: int
     top_p: float
-    repetition_penalty: float
     max_new_tokens: int
     eos_token_id: int
     pad_token_id: int
-    penalty_skips_pad_count: bool  # transformers' prompt_ignore_length quirk (penalize_repeats)
 
 
 def sampling_settings(llm, **generate_kwargs) -> Sampling | str:
@@ -66,7 +66,6 @@ def sampling_settings(llm, **generate_kwargs) -> Sampling | str:
     transformers without the 5.x StaticCache)."""
     try:
         from transformers.cache_utils import StaticLayer
-        from transformers.generation.logits_process import RepetitionPenaltyLogitsProcessor
         config, _ = llm._prepare_generation_config(None, **generate_kwargs)  # generate's own merge
         # 5.x layers count their own fill on the device; 4.x ones needed cache positions from the caller
         counts_itself = isinstance(getattr(StaticLayer(max_cache_len=1), "cumulative_length", None), torch.Tensor)
@@ -87,19 +86,11 @@ def sampling_settings(llm, **generate_kwargs) -> Sampling | str:
     if odd or not isinstance(eos, int) or config.pad_token_id is None:
         return f"generation settings the static loop does not implement: {odd or 'eos/pad'}"
     return Sampling(bool(config.do_sample), float(config.temperature or 1.0), int(config.top_k or 0),
-                    float(config.top_p if config.top_p is not None else 1.0), float(config.repetition_penalty or 1.0),
-                    int(config.max_new_tokens), eos, int(config.pad_token_id),
-                    "prompt_ignore_length" in inspect.signature(RepetitionPenaltyLogitsProcessor).parameters)
+                    float(config.top_p if config.top_p is not None else 1.0), int(config.max_new_tokens), eos,
+                    int(config.pad_token_id))
 
 
 # --- logits processors: each the same float operations as its transformers counterpart ---
-
-def penalize_repeats(scores: torch.Tensor, seen: torch.Tensor, penalty: float) -> torch.Tensor:
-    """RepetitionPenaltyLogitsProcessor over the tokens marked in seen [N, V] (a count > 0): divided when
-    positive, multiplied when negative. A mask instead of the growing id list keeps every shape fixed."""
-    penalized = torch.where(scores < 0, scores * penalty, scores / penalty)
-    return torch.where(seen > 0, penalized, scores)
-
 
 def top_k_filter(scores: torch.Tensor, top_k: int) -> torch.Tensor:
     """TopKLogitsWarper: everything below the k-th largest score to -inf."""
@@ -117,12 +108,9 @@ def top_p_filter(scores: torch.Tensor, top_p: float) -> torch.Tensor:
     return scores.masked_fill(remove.scatter(1, sorted_indices, remove), -float("inf"))
 
 
-def next_scores(logits: torch.Tensor, seen: torch.Tensor | None, s: Sampling) -> torch.Tensor:
-    """generate()'s processors in its order: repetition penalty; then, sampling only, temperature, top-k,
-    top-p."""
+def next_scores(logits: torch.Tensor, s: Sampling) -> torch.Tensor:
+    """generate()'s processors in its order, when sampling: temperature, top-k, top-p."""
     scores = logits
-    if seen is not None:
-        scores = penalize_repeats(scores, seen, s.repetition_penalty)
     if s.do_sample:
         if s.temperature != 1.0:
             scores = scores / s.temperature
@@ -261,21 +249,13 @@ def decode(runner: StaticRunner, embeds: torch.Tensor, mask: torch.Tensor, s: Sa
     logits = runner.prefill(embeds, mask)
     rows = embeds.shape[0]
     unfinished = torch.ones(rows, dtype=torch.long, device=embeds.device)
-    seen = None
-    if s.repetition_penalty != 1.0:
-        seen = torch.zeros(rows, logits.shape[-1], dtype=torch.int32, device=embeds.device)
-        # transformers >= 5 passes each row's left-pad count as the penalty's `prompt_ignore_length`; with
-        # inputs_embeds its id list holds only new tokens, so a row's first <pad count> new tokens go unpenalized
-        skip = (mask != 0).int().argmax(dim=1) if s.penalty_skips_pad_count else torch.zeros_like(unfinished)
     out = []
     for t in range(s.max_new_tokens):
         if t:
             logits = runner.step(out[-1], graphed)
-        tokens = pick_tokens(next_scores(logits, seen, s), s.do_sample)
+        tokens = pick_tokens(next_scores(logits, s), s.do_sample)
         tokens = tokens * unfinished + s.pad_token_id * (1 - unfinished)
         out.append(tokens)
-        if seen is not None:
-            seen.scatter_add_(1, tokens[:, None], (skip <= t).int()[:, None])
         unfinished = unfinished & (tokens != s.eos_token_id).long()
         if not bool(unfinished.any()):  # generate's stop check: a host sync per token, as there
             break
