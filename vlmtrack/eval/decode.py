@@ -24,6 +24,17 @@ from vlmtrack.model.kernels import sdpa_without_cudnn
 
 DECODE_CHOICES = ("auto", "generate", "static")
 WARMUP_STEPS = 2  # eager steps on a side stream before capture (cuBLAS workspaces, lazy inits)
+_SIDE_STREAMS: dict[int, "torch.cuda.Stream"] = {}
+
+
+def side_stream() -> "torch.cuda.Stream":
+    """The one side stream of this device for every warm-up and capture of the process: cuBLAS keeps a
+    workspace for each stream it runs on (~128 MiB on an H200), and a new stream at every dump held that
+    much more each time."""
+    index = torch.cuda.current_device()
+    if index not in _SIDE_STREAMS:
+        _SIDE_STREAMS[index] = torch.cuda.Stream()
+    return _SIDE_STREAMS[index]
 # generation-config fields the loop does not implement, with their neutral values: any other value means
 # generate() would do something the static loop does not
 _NEUTRAL = {"num_beams": (1, None), "num_return_sequences": (1, None), "no_repeat_ngram_size": (0, None),
@@ -201,7 +212,7 @@ class StaticRunner:
         wrote are rewritten before any query may see them), then the capture, which runs nothing."""
         saved = [t.clone() for t in self._state()]
         try:
-            side = torch.cuda.Stream()
+            side = side_stream()
             side.wait_stream(torch.cuda.current_stream())
             with torch.cuda.stream(side):
                 for _ in range(WARMUP_STEPS):
@@ -223,7 +234,7 @@ class StaticRunner:
         with it). thread_local: the loader's pinning thread may call CUDA meanwhile, which the global mode
         would count against this capture."""
         graph = torch.cuda.CUDAGraph()
-        stream = torch.cuda.Stream()
+        stream = side_stream()
         stream.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(stream):
             graph.capture_begin(capture_error_mode="thread_local")
