@@ -91,6 +91,9 @@ def data_start(cfg, tokenizer) -> dict[str, float]:
     with timer.phase("image existence (every record)"):
         missing = missing_images(data.image_root, [s.image_relpath for s in data.samples])
     assert not missing, missing[:5]
+    # equal hashes before and after a change: the same split and golden set
+    print(f"[data] {len(data.samples):,} samples, split {data.split.eval_hash}/{data.split.train_hash}, "
+          f"golden {data.golden_hash}, label tokens {sum(m.label_len for m in data.metas):,}")
     return dict(timer.seconds)
 
 

@@ -168,7 +168,12 @@ def bucket_of(label_len: int, edges: list[int], names: list[str]) -> str:
 def get_metadata(samples: list[Sample], tokenizer, edges: list[int], names: list[str]) -> list[SampleMeta]:
     """id, image_relpath, label_len, bucket for every sample, without decoding an image."""
     ids = tokenizer([s.caption for s in samples], add_special_tokens=False)["input_ids"]
+    return metadata(samples, [len(t) for t in ids], edges, names)
+
+
+def metadata(samples: list[Sample], label_lens: list[int], edges: list[int], names: list[str]) -> list[SampleMeta]:
+    """get_metadata from caption lengths already counted (data/label_lengths.py counts and keeps them)."""
     return [
-        SampleMeta(s.index, s.id, s.image_relpath, len(t), bucket_of(len(t), edges, names))
-        for s, t in zip(samples, ids)
+        SampleMeta(s.index, s.id, s.image_relpath, n, bucket_of(n, edges, names))
+        for s, n in zip(samples, label_lens)
     ]

@@ -8,8 +8,9 @@ from pathlib import Path
 from vlmtrack.config import Config
 from vlmtrack.data.dataset import check_images
 from vlmtrack.data.golden import default_golden_path, golden_hash, load_or_create_golden
-from vlmtrack.data.llava import DataError, Sample, SampleMeta, check_records, get_metadata, read_json_list
-from vlmtrack.data.split import Split, content_hash, load_or_build_split
+from vlmtrack.data.label_lengths import caption_lengths
+from vlmtrack.data.llava import DataError, Sample, SampleMeta, check_records, metadata, read_json_list
+from vlmtrack.data.split import Split, content_hash, load_or_build_split, split_path
 
 
 @dataclass
@@ -45,7 +46,8 @@ def prepare_data(cfg: Config, tokenizer, out_dir: Path, phase=no_timing) -> RunD
         samples = check_records(raw, data_path)
         del raw
     with phase("tokenising (label lengths)"):
-        metas = get_metadata(samples, tokenizer, d.len_buckets, d.bucket_names)
+        lengths = caption_lengths(samples, tokenizer, data_path, split_path(out_dir, d.split_seed, d.eval_size).parent)
+        metas = metadata(samples, lengths, d.len_buckets, d.bucket_names)
     with phase("split"):
         fingerprint = content_hash([[m.id, m.label_len] for m in metas])
         split = load_or_build_split(
