@@ -83,3 +83,24 @@ def test_missing_images_lists_each_absent_file_once(tmp_path):
     rels = ["00000/a.jpg", "00000/gone.jpg", "00001/c.jpg", "00002/nofolder.jpg", "top.jpg",
             "00000/./b.jpg", "00000/gone.jpg"]
     assert missing_images(tmp_path, rels) == ["00000/gone.jpg", "00002/nofolder.jpg"]
+
+
+def test_check_relpath_judges_as_purepath_did():
+    """The string tests give the verdicts of the PurePosixPath version they replaced (558K path objects)."""
+    from pathlib import PurePosixPath
+
+    from vlmtrack.data.llava import check_relpath
+
+    def reference(relpath):
+        p = PurePosixPath(relpath.replace("\\", "/"))
+        if p.is_absolute() or relpath[1:3] == ":/" or relpath[1:3] == ":\\":
+            return "absolute"
+        return "escapes" if ".." in p.parts else None
+
+    paths = ["a/b.jpg", "/a.jpg", "//a.jpg", "\\a.jpg", "C:/a.jpg", "c:\\a.jpg", "../a.jpg", "a/../b.jpg",
+             "a\\..\\b.jpg", "a/..b.jpg", "..a/b.jpg", "a/...", "./a.jpg", "a//b.jpg", "a/./../b", "..", "a/..",
+             "x:y.jpg", " a.jpg", "a/b/"]
+    for rel in paths:
+        got = check_relpath(rel)
+        verdict = None if got is None else ("absolute" if "is absolute" in got else "escapes")
+        assert verdict == reference(rel), rel
