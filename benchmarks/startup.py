@@ -142,7 +142,7 @@ def timed_attr(module, name: str, timer: Phases, label: str):
         setattr(module, name, real)
 
 
-def gpu_phases(data: Path, root: Path, preset: str) -> None:
+def model_phases(data: Path, root: Path, preset: str) -> None:
     """The real set_up_run on the bench preset, phase by phase, then the first two steps."""
     from contextlib import ExitStack
 
@@ -157,7 +157,8 @@ def gpu_phases(data: Path, root: Path, preset: str) -> None:
     out = root / "out_gpu"
     shutil.rmtree(out, ignore_errors=True)
     cfg = run_config(data, out, [f"model.llm={paths['llm']}", f"model.vision={paths['vision']}",
-                                 "data.feature_cache=on", f"data.feature_cache_dir={root / 'feature_cache'}"])
+                                 "data.feature_cache=on", f"data.feature_cache_dir={root / 'feature_cache'}",
+                                 *([] if torch.cuda.is_available() else ["train.precision=fp32"])])  # CPU: no bf16 autocast
     shutil.rmtree(root / "feature_cache", ignore_errors=True)
     timer = Phases()
     real_prepare = setup.prepare_data
@@ -173,8 +174,9 @@ def gpu_phases(data: Path, root: Path, preset: str) -> None:
     for label, at in [("first step (graph capture)", 0), ("second step", 1)]:
         with timer.phase(label):
             steps.step(at)
-            torch.cuda.synchronize()
-    print_table("set_up_run and first steps (seconds)", {"GPU start": dict(timer.seconds)})
+            if torch.cuda.is_available():
+                torch.cuda.synchronize()
+    print_table("set_up_run and first steps (seconds)", {"first start": dict(timer.seconds)})
 
 
 def main() -> None:
@@ -184,7 +186,8 @@ def main() -> None:
     p.add_argument("--root", type=Path, help="where to build the set (kept and reused); default a temp folder")
     p.add_argument("--tokenizer", help="a tokenizer folder for the CPU phases (default the demo BPE)")
     p.add_argument("--preset", default="small", help="bench preset for the GPU phases")
-    p.add_argument("--cpu-only", action="store_true", help="skip the GPU phases even with CUDA")
+    p.add_argument("--model-phases", choices=["auto", "on", "off"], default="auto",
+                   help="time set_up_run and the first steps: auto = with CUDA (on: also on CPU, for --preset tiny)")
     a = p.parse_args()
     root = a.root or Path(tempfile.mkdtemp(prefix="vlmtrack_startup_"))
     root.mkdir(parents=True, exist_ok=True)
@@ -192,8 +195,8 @@ def main() -> None:
     try:
         data = build_set(root, a.records, a.images, max(1, min(16, os.cpu_count() or 1)))
         cpu_phases(data, root, a.tokenizer)
-        if torch.cuda.is_available() and not a.cpu_only:
-            gpu_phases(data, root, a.preset)
+        if a.model_phases == "on" or (a.model_phases == "auto" and torch.cuda.is_available()):
+            model_phases(data, root, a.preset)
     finally:
         if not a.root:
             shutil.rmtree(root, ignore_errors=True)

@@ -179,7 +179,5 @@ def get_metadata(samples: list[Sample], tokenizer, edges: list[int], names: list
 
 def metadata(samples: list[Sample], label_lens: list[int], edges: list[int], names: list[str]) -> list[SampleMeta]:
     """get_metadata from caption lengths already counted (data/label_lengths.py counts and keeps them)."""
-    return [
-        SampleMeta(s.index, s.id, s.image_relpath, n, bucket_of(n, edges, names))
-        for s, n in zip(samples, label_lens)
-    ]
+    bucket = {n: bucket_of(n, edges, names) for n in set(label_lens)}  # a few hundred lengths, 558K samples
+    return [SampleMeta(s.index, s.id, s.image_relpath, n, bucket[n]) for s, n in zip(samples, label_lens)]
