@@ -84,7 +84,7 @@ def missing_images(image_root: Path, relpaths: list[str]) -> list[str]:
     listings: dict[str, set[str]] = {}
     missing = []
     for rel in dict.fromkeys(relpaths):
-        folder, name = os.path.split(rel)
+        folder, _, name = rel.rpartition("/")
         if folder not in listings:
             try:
                 listings[folder] = set(os.listdir(image_root / folder))
