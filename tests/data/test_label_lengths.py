@@ -87,8 +87,10 @@ def test_another_tokenizer_is_counted_again(tmp_path, demo_tok, monkeypatch):
 
 def test_a_damaged_file_is_counted_again(tmp_path, demo_tok):
     data = write_data(tmp_path / "d.json", CAPTIONS)
-    L.lengths_path(tmp_path).write_text("{not json")
-    assert L.caption_lengths(read_samples(data), demo_tok, data, tmp_path) == [label_len(demo_tok, c) for c in CAPTIONS]
+    for damaged in ("{not json", "[1, 2]", '{"key": 3}'):
+        L.lengths_path(tmp_path).write_text(damaged)
+        got = L.caption_lengths(read_samples(data), demo_tok, data, tmp_path)
+        assert got == [label_len(demo_tok, c) for c in CAPTIONS]
     assert json.loads(L.lengths_path(tmp_path).read_text())["lengths"]
 
 

@@ -74,10 +74,10 @@ def read_cached(path: Path, key: dict, count: int) -> list[int] | None:
         doc = json.loads(path.read_text())
     except (OSError, ValueError):  # absent, or unreadable: counted again and rewritten
         return None
-    lengths = doc.get("lengths") if isinstance(doc, dict) else None
-    if doc.get("key") != key or not isinstance(lengths, list) or len(lengths) != count:
+    if not isinstance(doc, dict) or doc.get("key") != key:
         return None
-    return lengths
+    lengths = doc.get("lengths")
+    return lengths if isinstance(lengths, list) and len(lengths) == count else None
 
 
 def caption_lengths(samples: list[Sample], tokenizer, data_path: Path, folder: Path) -> list[int]:

@@ -30,6 +30,7 @@ def dataset_name(cfg: Config) -> str:
 
 
 def no_timing(name: str):
+    """prepare_data's default `phase`: times nothing."""
     return nullcontext()
 
 
@@ -44,7 +45,7 @@ def prepare_data(cfg: Config, tokenizer, out_dir: Path, phase=no_timing) -> RunD
         raw = read_json_list(data_path)
     with phase("validation (records)"):
         samples = check_records(raw, data_path)
-        del raw
+        del raw  # the parsed JSON is the start's largest object: not held while the rest runs
     with phase("tokenising (label lengths)"):
         lengths = caption_lengths(samples, tokenizer, data_path, split_path(out_dir, d.split_seed, d.eval_size).parent)
         metas = metadata(samples, lengths, d.len_buckets, d.bucket_names)
