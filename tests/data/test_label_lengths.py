@@ -110,3 +110,4 @@ def test_prepare_data_reads_back_the_same_lengths_split_and_golden_set(tiny_path
     assert second.metas == first.metas and second.golden == first.golden
     assert (second.split.train, second.split.eval, second.split.eval_hash) == (
         first.split.train, first.split.eval, first.split.eval_hash)
+

