@@ -9,7 +9,7 @@ from PIL import Image
 from transformers import SiglipImageProcessor
 
 from tests.helpers.tiny_models import tiny_config
-from vlmtrack.data.dataset import load_image
+from vlmtrack.data.dataset import check_images, load_image
 from vlmtrack.data.llava import DataError
 from vlmtrack.data.pipeline import prepare_data
 from vlmtrack.model.backbone import load_tokenizer
@@ -138,3 +138,15 @@ def test_non_ascii_and_right_to_left_captions(tmp_path):
     for s in samples:
         enc = encode_sample(tok, s.human, s.caption, iid, 4, 512)
         assert enc.label_len > 0 and not enc.truncated
+
+
+def test_check_images_on_threads_reports_every_bad_image_in_order(tmp_path):
+    """Enough images for the thread pool: the reasons come back in the order of the paths given."""
+    rels = [f"{i}.jpg" for i in range(200)]
+    for i, rel in enumerate(rels):
+        if i % 50 != 7:
+            Image.new("RGB", (8, 8), (i, 0, 0)).save(tmp_path / rel)
+    (tmp_path / "107.jpg").write_bytes(b"not a jpeg")
+    bad = check_images(tmp_path, rels)
+    assert [b.split("'")[1] for b in bad] == ["7.jpg", "57.jpg", "107.jpg", "157.jpg"]
+    assert "cannot be decoded" in bad[2] and "not found" in bad[0]

@@ -3,7 +3,7 @@ import json
 import pytest
 
 from tests.helpers.tiny_tokenizer import tiny_tokenizer
-from vlmtrack.data.llava import DataError, bucket_of, get_metadata, read_samples, resolve_image
+from vlmtrack.data.llava import DataError, bucket_of, get_metadata, missing_images, read_samples, resolve_image
 
 EDGES, NAMES = [0, 10, 20, 9999], ["short", "medium", "long"]
 
@@ -74,3 +74,33 @@ def test_metadata_label_len_is_caption_token_count(tmp_path):
     assert [m.label_len for m in metas] == [len(tok(c, add_special_tokens=False)["input_ids"]) for c in caps]
     assert [m.bucket for m in metas] == ["short", "long"]
     assert metas[1].image_relpath == "00000/000000001.jpg"
+
+
+def test_missing_images_lists_each_absent_file_once(tmp_path):
+    for rel in ["00000/a.jpg", "00000/b.jpg", "00001/c.jpg", "top.jpg"]:
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_bytes(b"x")
+    rels = ["00000/a.jpg", "00000/gone.jpg", "00001/c.jpg", "00002/nofolder.jpg", "top.jpg",
+            "00000/./b.jpg", "00000/gone.jpg"]
+    assert missing_images(tmp_path, rels) == ["00000/gone.jpg", "00002/nofolder.jpg"]
+
+
+def test_check_relpath_judges_as_purepath_did():
+    """The string tests give the verdicts of the PurePosixPath version they replaced (558K path objects)."""
+    from pathlib import PurePosixPath
+
+    from vlmtrack.data.llava import check_relpath
+
+    def reference(relpath):
+        p = PurePosixPath(relpath.replace("\\", "/"))
+        if p.is_absolute() or relpath[1:3] == ":/" or relpath[1:3] == ":\\":
+            return "absolute"
+        return "escapes" if ".." in p.parts else None
+
+    paths = ["a/b.jpg", "/a.jpg", "//a.jpg", "\\a.jpg", "C:/a.jpg", "c:\\a.jpg", "../a.jpg", "a/../b.jpg",
+             "a\\..\\b.jpg", "a/..b.jpg", "..a/b.jpg", "a/...", "./a.jpg", "a//b.jpg", "a/./../b", "..", "a/..",
+             "x:y.jpg", " a.jpg", "a/b/"]
+    for rel in paths:
+        got = check_relpath(rel)
+        verdict = None if got is None else ("absolute" if "is absolute" in got else "escapes")
+        assert verdict == reference(rel), rel

@@ -221,3 +221,15 @@ def test_reader_split_and_dataset_with_the_real_vocabulary(qwen_dir, tmp_path):
         assert int((batch.input_ids[r] == image_id).sum()) == 64
         assert int(batch.label_len[r]) == metas[split.eval[r]].label_len
     assert isinstance(Image.open(tmp_path / "images" / samples[0].image_relpath), Image.Image)
+
+
+def test_batched_caption_count_equals_label_len_on_the_real_vocabulary(tok_img, records):
+    """count_tokens (the Rust batch encoder, one call for all captions) gives prompt.label_len's counts."""
+    from vlmtrack.data.label_lengths import count_tokens, plain_backend
+
+    t, _ = tok_img
+    captions = [r["conversations"][1]["value"] for r in records] + [
+        "naïve café 東京 🚀", "  spaced  out\ttext\n", "<|im_end|> and <image> inside", "3.14159 and 2,000,000", "",
+    ]
+    assert plain_backend(t) is not None  # the fast path, not the fallback
+    assert count_tokens(t, captions) == [label_len(t, c) for c in captions]

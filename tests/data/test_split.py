@@ -92,3 +92,14 @@ def test_golden_from_eval_with_requested_counts_and_reused(tmp_path):
     other = split_for(metas, tmp_path / "other", seed=5)
     with pytest.raises(DataError, match="not in this run's eval split"):
         load_or_create_golden(path, other, metas, samples, NAMES, [24, 20, 20], 123)
+
+
+def test_a_split_naming_ids_gone_from_the_data_is_refused(tmp_path):
+    metas, _ = make_metas(400, 400, 400)
+    first = split_for(metas, tmp_path)
+    assert split_for(metas, tmp_path).train == first.train  # read back
+    gone = {metas[first.eval[0]].id, metas[first.train[5]].id}
+    fewer = [m for m in metas if m.id not in gone]
+    with pytest.raises(DataError, match="names ids that are not in the data") as e:
+        split_for(fewer, tmp_path)
+    assert all(i in str(e.value) for i in gone)

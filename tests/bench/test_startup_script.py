@@ -1,0 +1,27 @@
+"""benchmarks/startup.py keeps working: a small set built and its data phases timed through prepare_data."""
+import importlib.util
+from pathlib import Path
+
+from tests.helpers.tiny_tokenizer import tiny_tokenizer
+
+SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "startup.py"
+
+
+def load_script():
+    spec = importlib.util.spec_from_file_location("startup_bench", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_startup_bench_times_every_data_phase(tmp_path, capsys):
+    bench = load_script()
+    data = bench.build_set(tmp_path, records=400, images=30, workers=2)
+    assert bench.build_set(tmp_path, records=400, images=30, workers=2) == data  # reused, not rebuilt
+    cfg = bench.run_config(data, tmp_path / "out", ["data.eval_size=150"])
+    first, second = (bench.data_start(cfg, tiny_tokenizer()) for _ in range(2))
+    phases = {"JSON read", "validation (records)", "tokenising (label lengths)", "split", "eval images decode",
+              "golden set", "prepare_data (total)", "image existence (every record)"}
+    assert set(first) == set(second) == phases
+    hashes = [line for line in capsys.readouterr().out.splitlines() if line.startswith("[data]")]
+    assert len(hashes) == 2 and hashes[0] == hashes[1]  # the second start reads back the same split and golden set
