@@ -44,15 +44,31 @@ def test_620_saves_keep_every_caption_and_every_table_view(store, tiny_paths):
     assert len(client.list_artifacts(tr.run_id, "golden/images")) == 12  # the 6 images once (png + webp)
 
 
-def test_a_failed_logging_call_is_recorded_on_the_run(store, tiny_paths, tmp_path):
+def test_one_odd_image_costs_only_its_own_thumbnail_and_is_recorded(store, tiny_paths, tmp_path):
+    """A 10,000 x 20 web banner gets its thumbnail (MLflow's own resize made it 256 x 0 and lost the whole
+    table); an unreadable file costs its row's thumbnail alone, recorded on the run as a failed call."""
+    from PIL import Image
+
     client = store
-    tr = MlflowTracker(experiment="long", run_name="a bad table")
-    rows = golden_rows(tiny_paths)
-    GoldenTables().log(tr, rows, step=4, image_root=tmp_path / "no-images-here")  # the thumbnails fail
+    rows = golden_rows(tiny_paths, 5)
+    root = tmp_path / "images"
+    for r in rows:
+        (root / r["image_relpath"]).parent.mkdir(parents=True, exist_ok=True)
+        (root / r["image_relpath"]).write_bytes((tiny_paths["images"] / r["image_relpath"]).read_bytes())
+    Image.new("RGB", (10_000, 20), "orange").save(root / "banner.jpg")
+    (root / "broken.jpg").write_bytes(b"not a jpeg")
+    rows += [dict(rows[0], id="banner", image_relpath="banner.jpg"), dict(rows[0], id="broken", image_relpath="broken.jpg")]
+    tr = MlflowTracker(experiment="long", run_name="odd images")
+    GoldenTables().log(tr, rows, step=4, image_root=root)
     tr.log_metrics({"train_loss": 1.0}, 4)
     tr.finish()
     run = client.get_run(tr.run_id)
     assert run.info.status == "FINISHED" and run.data.metrics["train_loss"] == 1.0
-    assert run.data.metrics[FAILED_CALLS] == 2  # the latest table and the history table
+    table = {r["id"]: r for r in load_table(client, tr.run_id, latest_golden_table(7))}
+    assert len(table) == 7 and table["broken"]["image"] is None and table["broken"]["pred_text"]
+    images = {f.path for f in client.list_artifacts(tr.run_id, "golden/images")}
+    assert all(table[k]["image"]["compressed_filepath"] in images for k in table if k != "broken")
+    assert "golden/images/banner.webp" in images
+    assert run.data.metrics[FAILED_CALLS] == 1  # the unreadable file, once for both tables
     failed = json.loads(open(client.download_artifacts(tr.run_id, FAILED_CALLS_FILE, str(tmp_path))).read())
-    assert len(failed["failed_calls"]) == 2 and all(f.startswith("log_table: ") for f in failed["failed_calls"])
+    assert len(failed["failed_calls"]) == 1 and failed["failed_calls"][0].startswith("log_table image broken.jpg")

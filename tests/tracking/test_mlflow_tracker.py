@@ -78,3 +78,19 @@ def test_a_nested_run_under_mlflow_run_is_new_and_beside_its_parent(store, monke
     run = store.get_run(child.run_id)
     assert run.info.experiment_id == exp and run.data.tags["mlflow.parentRunId"] == parent_id
     assert run.data.params == {"train.lr": "0.001"} and store.get_run(parent_id).data.params == {}
+
+
+def test_experiments_open_on_training_runs_in_the_ui(store):
+    """MLflow 3 shows an experiment of no declared kind in its GenAI view: a run tags its experiment as model
+    training (Default included), and leaves a kind someone chose alone."""
+    from vlmtrack.tracking.mlflow_tracker import EXPERIMENT_KIND, TRAINING_KIND
+
+    tr = MlflowTracker(experiment="kind", run_name="r")
+    tr.finish()
+    assert store.get_experiment_by_name("kind").tags[EXPERIMENT_KIND] == TRAINING_KIND
+    genai = store.create_experiment("traces", tags={EXPERIMENT_KIND: "genai_development"})
+    MlflowTracker(experiment_id=genai, run_name="r").finish()
+    assert store.get_experiment(genai).tags[EXPERIMENT_KIND] == "genai_development"
+    default_run = store.create_run("0").info.run_id  # as `mlflow run` creates it, in Default
+    MlflowTracker(run_id=default_run).finish()
+    assert store.get_experiment("0").tags[EXPERIMENT_KIND] == TRAINING_KIND

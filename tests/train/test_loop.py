@@ -112,3 +112,18 @@ def test_progress_lines_by_fraction_and_a_tqdm_bar_when_asked(tiny_paths, tmp_pa
     cfg.train.tqdm_disable, cfg.train.output_dir = True, str(tmp_path / "no-bar")
     loop.train(cfg, JsonlTracker(), log=lines.append)
     assert "8/8" not in capsys.readouterr().err
+
+
+def test_a_checkpoint_names_its_towers_by_absolute_path(tiny_paths, tmp_path, monkeypatch):
+    """Relative model paths (the demo's data/demo/...) are resolved when the checkpoint is written, so
+    `vlmtrack ablate /abs/.../step_N` loads from any folder; a hub id stays as it is."""
+    from vlmtrack.model.connector_io import tower_reference
+
+    monkeypatch.chdir(tiny_paths["llm"].parent)
+    cfg = tiny_config(tiny_paths, tmp_path / "rel", train_steps=4, save_every=4, quick_eval_steps=0,
+                      run_golden_every="never")
+    cfg.model.llm, cfg.model.vision, cfg.eval.run_ablations = "llm", "./vision", False
+    loop.train(cfg, JsonlTracker(), log=lambda *_: None)
+    _, meta = ckpt.load_connector_weights(tmp_path / "rel" / "checkpoints" / "step_4")
+    assert meta["llm"] == str(tiny_paths["llm"].resolve()) and meta["vision"] == str(tiny_paths["vision"].resolve())
+    assert tower_reference("Qwen/Qwen3-0.6B") == "Qwen/Qwen3-0.6B"

@@ -46,3 +46,11 @@ def load_connector_weights(path: Path) -> tuple[dict, dict]:
     if not (path / WEIGHTS_FILE).exists():
         raise FileNotFoundError(f"'{path}' is not a connector checkpoint (no {WEIGHTS_FILE})")
     return load_file(str(path / WEIGHTS_FILE)), json.loads((path / META_FILE).read_text())
+
+
+def tower_reference(name_or_path: str) -> str:
+    """How a checkpoint names a frozen tower so that it loads from any folder: a local model folder by its
+    absolute path (a relative one, such as the demo's data/demo/..., broke `vlmtrack ablate` elsewhere), a
+    hub id as it is."""
+    path = Path(name_or_path).expanduser()
+    return str(path.resolve()) if path.exists() else name_or_path

@@ -34,6 +34,7 @@ HTTP_BOUNDS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_BACK
 LOST_METRICS = "tracking_lost_metrics"  # metric and tag: values that never reached the server
 FAILED_CALLS = "tracking_failed_calls"  # metric: tracking calls that failed for good
 FAILED_CALLS_FILE = "tracking/failed_calls.json"  # artifact: each of them, what and why
+EXPERIMENT_KIND, TRAINING_KIND = "mlflow.experimentKind", "custom_model_development"
 TABLES_TAG_LIMIT = 8000  # MLflow's cut of a tag value (the list of a run's tables)
 
 
@@ -59,6 +60,7 @@ class MlflowTracker:
             if parent_run_id:
                 run_tags["mlflow.parentRunId"] = parent_run_id
             self.run_id = self.client.create_run(exp_id, run_name=run_name, tags=run_tags).info.run_id
+        self._mark_training_experiment()
         self.errors: list[str] = []
         self.finished = False
         self.lost_metrics = 0  # metric values that never reached the server
@@ -69,6 +71,7 @@ class MlflowTracker:
         self._metrics: list = []
         self._last_flush = time.monotonic()
         self._images_logged: set[str] = set()
+        self._images_failed: set[str] = set()
         self._tables: set[str] = set()  # listed in mlflow.loggedArtifacts
         self._queue: queue.Queue = queue.Queue()
         self._done = threading.Condition()
@@ -76,6 +79,17 @@ class MlflowTracker:
         self.cost_s = 0.0  # time the worker spent in MLflow calls
         self._worker = threading.Thread(target=self._work, name="mlflow-tracker", daemon=True)
         self._worker.start()
+
+    def _mark_training_experiment(self) -> None:
+        """MLflow 3 opens an experiment of no declared kind in its GenAI view (trace charts, a pop-up), where
+        training runs are a click away: the run's experiment (Default included) is tagged as model
+        training, unless someone chose a kind for it."""
+        try:
+            exp_id = self.client.get_run(self.run_id).info.experiment_id
+            if EXPERIMENT_KIND not in self.client.get_experiment(exp_id).tags:
+                self.client.set_experiment_tag(exp_id, EXPERIMENT_KIND, TRAINING_KIND)
+        except Exception as e:  # noqa: BLE001 - the UI's first view, not worth a run
+            _warn(f"could not tag the experiment as model training: {_first_line(e)}")
 
     def _experiment_id(self, experiment: str | None) -> str:
         name = experiment or os.environ.get("MLFLOW_EXPERIMENT_NAME") or DEFAULT_EXPERIMENT
@@ -304,10 +318,11 @@ class MlflowTracker:
 
         if image_column:
             self._upload_images([r[image_column] for r in rows], image_root)
-            for r in rows:
+            for r in rows:  # a row whose image could not be read keeps its text, with no thumbnail
                 stem = _image_stem(r[image_column])
-                r["image"] = {"type": "image", "filepath": f"golden/images/{stem}.png",
-                              "compressed_filepath": f"golden/images/{stem}.webp"}
+                r["image"] = ({"type": "image", "filepath": f"golden/images/{stem}.png",
+                               "compressed_filepath": f"golden/images/{stem}.webp"}
+                              if r[image_column] in self._images_logged else None)
             rows = [{"image": r.pop("image"), **r} for r in rows]
         # written and uploaded here: MlflowClient.log_table downloads and appends to a table already there
         # (a table re-logged at every save would grow with the run) and reads the run for every call
@@ -336,21 +351,28 @@ class MlflowTracker:
         self._tables.add(artifact_file)
 
     def _upload_images(self, relpaths: list[str], image_root: Path) -> None:
-        from mlflow.tracking.multimedia import compress_image_size
-
+        """Each image and its thumbnail, once per run. One image that cannot be read costs its own row's
+        thumbnail (the failure is recorded on the run), never the others'."""
         from vlmtrack.data.dataset import load_image
 
-        todo = [p for p in relpaths if p not in self._images_logged]
+        todo = [p for p in relpaths if p not in self._images_logged and p not in self._images_failed]
         if not todo:
             return
+        done = []
         with tempfile.TemporaryDirectory() as tmp:
             for rel in todo:
-                image = load_image(image_root, rel)
-                stem = _image_stem(rel)
-                image.save(Path(tmp) / f"{stem}.png")
-                compress_image_size(image).save(Path(tmp) / f"{stem}.webp")
-            self.client.log_artifacts(self.run_id, tmp, "golden/images")
-        self._images_logged.update(todo)
+                try:
+                    image = load_image(image_root, rel)
+                    stem = _image_stem(rel)
+                    image.save(Path(tmp) / f"{stem}.png")
+                    thumbnail(image).save(Path(tmp) / f"{stem}.webp")
+                    done.append(rel)
+                except Exception as e:  # noqa: BLE001 - the table goes on without this thumbnail
+                    self._images_failed.add(rel)
+                    self._error(f"log_table image {rel}", e)
+            if done:
+                self.client.log_artifacts(self.run_id, tmp, "golden/images")
+        self._images_logged.update(done)
 
     def delete_artifacts(self, artifact_path: str, run_id: str | None = None) -> None:
         """Removes an artifact folder of this run (or of `run_id`: an earlier attempt of the same training),
@@ -443,6 +465,16 @@ def _first_line(e: BaseException) -> str:
 
 def _warn(msg: str) -> None:
     print(f"[mlflow] warning: {msg}", file=sys.stderr)
+
+
+def thumbnail(image):
+    """MLflow's table thumbnail (the longer side scaled to COMPRESSED_IMAGE_SIZE, the aspect kept), but never
+    a side of 0 px: mlflow's compress_image_size rounds a 10000 x 20 web banner to 256 x 0 and fails."""
+    from mlflow.tracking.multimedia import COMPRESSED_IMAGE_SIZE
+
+    width, height = image.size
+    scale = COMPRESSED_IMAGE_SIZE / max(width, height)
+    return image.resize((max(1, int(width * scale)), max(1, int(height * scale))))
 
 
 def _image_stem(relpath: str) -> str:

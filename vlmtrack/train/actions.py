@@ -8,7 +8,7 @@ import time
 from vlmtrack.data.golden import QUAL_DIR
 from vlmtrack.eval.evaluate import evaluate
 from vlmtrack.eval.golden_gen import generate_golden, write_golden
-from vlmtrack.model.connector_io import META_FILE, WEIGHTS_FILE, checkpoint_dir, checkpoint_name
+from vlmtrack.model.connector_io import META_FILE, WEIGHTS_FILE, checkpoint_dir, checkpoint_name, tower_reference
 from vlmtrack.runtime import distributed as dist
 from vlmtrack.train import checkpoint as ckpt
 from vlmtrack.train.setup import Run
@@ -104,7 +104,7 @@ def save(run: Run, step: int) -> None:
     stays local (resume). Then the checkpoints train.keep_checkpoints lets go are removed."""
     if not run.main:
         return
-    towers = {"llm": run.cfg.model.llm, "vision": run.cfg.model.vision}
+    towers = {"llm": tower_reference(run.cfg.model.llm), "vision": tower_reference(run.cfg.model.vision)}
     for tr in run.active:
         written = [c for c in tr.checkpoints if c["step"] != step] + [{"step": step, "run_id": tr.tracker.run_id}]
         drop = ckpt.checkpoints_to_drop([c["step"] for c in written], tr.evals, run.cfg.train.keep_checkpoints)
