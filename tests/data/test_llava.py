@@ -104,3 +104,16 @@ def test_check_relpath_judges_as_purepath_did():
         got = check_relpath(rel)
         verdict = None if got is None else ("absolute" if "is absolute" in got else "escapes")
         assert verdict == reference(rel), rel
+
+
+def test_a_record_whose_id_is_null_or_blank_is_named_as_bad(tmp_path):
+    """A null id was trained as the id "None"; it is a bad record like the others, named by its position."""
+    records = [rec("ok"), dict(rec("x"), id=None), dict(rec("y"), id="  "), dict(rec("z"), id=[3]), dict(rec("w"), id=True)]
+    with pytest.raises(DataError) as err:
+        read_samples(write(tmp_path, records))
+    msg = str(err.value)
+    for needle in ["id=<record 1>: 'id' must be a non-empty string or an integer, got null",
+                   "id=<record 2>: 'id' must be a non-empty string or an integer, got \"  \"",
+                   "id=<record 3>: 'id' must be a non-empty string or an integer, got [3]",
+                   "id=<record 4>: 'id' must be a non-empty string or an integer, got true", "4 bad record(s) of 5"]:
+        assert needle in msg, needle

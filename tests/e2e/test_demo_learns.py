@@ -50,3 +50,18 @@ def test_golden_dump_has_64_non_empty_predictions(metrics, demo_run):
     records = [json.loads(line) for line in last.read_text().splitlines()]
     assert len(records) == 64 and all(r["pred_text"].strip() for r in records)
     assert len({r["pred_text"] for r in records}) > 16, "not one generic caption"
+
+
+def test_the_readme_quotes_this_demo(metrics):
+    """The README's demo figures are this demo's (they went stale once): eval loss and ablation losses."""
+    import re
+    from pathlib import Path
+
+    text = " ".join((Path(__file__).resolve().parents[2] / "README.md").read_text().split())
+    quoted = re.search(r"ends at eval loss ([\d.]+) .*? correct ([\d.]+) < shuffled ([\d.]+) < zero ([\d.]+), and "
+                       r"noise ([\d.]+)", text)
+    assert quoted, "the README's demo sentence moved: keep its figures and this test together"
+    a = metrics["ablations"]
+    actual = [metrics["final_eval"]["eval_loss"], a["ablation_loss_correct"], a["ablation_loss_shuffled"],
+              a["ablation_loss_zero"], a["ablation_loss_noise"]]
+    assert [float(x) for x in quoted.groups()] == pytest.approx(actual, abs=0.0015)

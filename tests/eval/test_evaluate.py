@@ -34,3 +34,14 @@ def test_generated_part_keeps_new_tokens():
     assert torch.equal(generated_part(with_prompt, prompt), only_new)
     long_new = torch.tensor([[1, 2, 3, 4, 5, 6, 7, 8]])  # longer than the prompt, but not the prompt
     assert torch.equal(generated_part(long_new, prompt), long_new)
+
+
+def test_the_ablation_order_says_which_comparison_fails():
+    from vlmtrack.eval.ablations import ablation_metrics, order_text
+
+    demo_like = ablation_metrics({"correct": 0.51, "shuffled": 1.05, "zero": 1.39, "noise": 0.82})
+    assert demo_like["ablation_order_ok"] == 0.0
+    assert order_text(demo_like) == ("correct < shuffled < zero < noise: zero < noise does not hold "
+                                     "(ablation_order_ok=0)")
+    assert order_text(ablation_metrics({"correct": 1, "shuffled": 2, "zero": 3, "noise": 4})) == \
+        "correct < shuffled < zero < noise: holds"

@@ -134,7 +134,7 @@ def test_missing_run_experiment_or_training_run(store, uri):
         build_report(experiment="nope")
     client = MlflowClient(uri)
     empty = client.create_experiment("empty")
-    with pytest.raises(ReportError, match=r"^no finished training run in experiment 'empty'"):
+    with pytest.raises(ReportError, match=r"^no finished training run or complete sweep in experiment 'empty'"):
         build_report(experiment="empty")
     bare = client.create_run(empty).info.run_id  # e.g. an `ablate` run: nothing trained
     with pytest.raises(ReportError, match=rf"^run '{bare}' has no eval_loss"):
@@ -152,3 +152,34 @@ def test_mlproject_entry_reports_on_the_experiment_mlflow_run_is_given(store, ur
     train = store["train"]
     assert f"# vlmtrack report: {train.info.run_name}" in done.stdout and "← winner" in done.stdout
     assert f"report.md logged on run {train.info.run_id}" in done.stdout
+
+
+def test_a_sweep_only_experiment_reports_on_its_latest_sweep(store, uri, tmp_path):
+    """With no run id and no finished top-level training run (here: the one training run deleted), the
+    report is the latest complete sweep's, through its winner, with its table."""
+    client, sweep = store["client"], store["sweep"]
+    client.delete_run(store["train"].info.run_id)
+    try:
+        report = build_report(experiment="rep")
+    finally:
+        client.restore_run(store["train"].info.run_id)
+    assert report.run_id == sweep.info.run_id
+    assert f"Run `{sweep.data.tags['winner_run_id']}`" in report.text and "## Sweep `tiny-sweep`" in report.text
+
+
+def test_a_missing_artifact_is_named_in_one_line_with_its_store(store, uri, tmp_path):
+    """The sweep's summary gone from the artifact store: one line naming the run, the artifact and the store
+    (was a raw MlflowException about 'summary.json')."""
+    from mlflow.utils.file_utils import local_file_uri_to_path
+
+    train, sweep = store["train"], store["sweep"]
+    summary = Path(local_file_uri_to_path(sweep.info.artifact_uri)) / "sweep" / "summary.json"
+    summary.rename(summary.with_suffix(".moved"))
+    try:
+        with pytest.raises(ReportError) as err:
+            build_report(train.info.run_id, sweep_id=sweep.info.run_id)
+    finally:
+        summary.with_suffix(".moved").rename(summary)
+    message = str(err.value)
+    assert "\n" not in message and f"run {sweep.info.run_id}: artifact 'sweep/summary.json'" in message
+    assert sweep.info.artifact_uri in message

@@ -110,6 +110,10 @@ def parse_record(index: int, rec) -> Sample | str:
     missing = [k for k in ("id", "image", "conversations") if k not in rec]
     if missing:
         return f"missing {', '.join(missing)}"
+    rid = rec["id"]
+    if isinstance(rid, bool) or not isinstance(rid, (str, int)) or (isinstance(rid, str) and not rid.strip()):
+        # a null id was trained as the id "None": an id names the record in every file and message after
+        return f"'id' must be a non-empty string or an integer, got {json.dumps(rid)}"
     if not isinstance(rec["image"], str):
         return "'image' must be a string path"
     conv = rec["conversations"]
@@ -139,7 +143,8 @@ def read_samples(data_path: Path) -> list[Sample]:
 
 def record_id(rec, index: int):
     """How an error message names a record: its id, or its position when it has none."""
-    return rec.get("id", f"<record {index}>") if isinstance(rec, dict) else f"<record {index}>"
+    rid = rec.get("id") if isinstance(rec, dict) else None
+    return rid if isinstance(rid, (str, int)) and not isinstance(rid, bool) and str(rid).strip() else f"<record {index}>"
 
 
 def check_records(raw: list, data_path: Path) -> list[Sample]:

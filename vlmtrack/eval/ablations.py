@@ -20,6 +20,16 @@ def ablation_metrics(losses: dict[str, float]) -> dict[str, float]:
     return out
 
 
+def order_text(metrics: dict[str, float]) -> str:
+    """Which parts of the spec's order hold, in words: `ablation_order_ok=0` alone read as a broken product
+    where only one comparison failed (the embedded demo's tiny LM reads noise as some picture: noise < zero)."""
+    pairs = list(zip(VISION_MODES, VISION_MODES[1:]))
+    failed = [f"{a} < {b}" for a, b in pairs if not metrics.get(f"ablation_{a}_lt_{b}")]
+    if not failed:
+        return f"{' < '.join(VISION_MODES)}: holds"
+    return f"{' < '.join(VISION_MODES)}: {', '.join(failed)} does not hold (ablation_order_ok=0)"
+
+
 def run_ablations(backbone, connectors: list, make_batches, device: torch.device, dtype: torch.dtype,
                   seed: int) -> list[dict[str, float]]:
     """One result dict per connector; `make_batches()` yields the same ablation batches each call (under

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from vlmtrack.data.golden import GOLDEN_TABLE_DIR, is_latest_golden_table, legacy_golden_table_step
+from vlmtrack.eval.ablations import order_text
 from vlmtrack.tracking.mlflow_tracker import DEFAULT_EXPERIMENT
 from vlmtrack.tracking.sweep_table import format_table
 
@@ -133,6 +134,8 @@ def eval_section(client, run) -> list[str]:
     ablation = [f"{k}={m[k]:.4f}" for k in ("delta_shuffle", "delta_zero", "delta_noise", "score") if k in m]
     if ablation:
         lines += ["", "Vision ablations: " + " ".join(ablation)]
+        if "ablation_order_ok" in m:
+            lines += [f"Ablation order {order_text(m)}"]
     return lines
 
 
@@ -158,8 +161,15 @@ def golden_table_path(client, run) -> str | None:
 def load_table(client, run_id: str, path: str) -> list[dict]:
     """A table logged with log_table, as rows. Read through this client (MlflowClient.load_table
     downloads through the global tracking URI, which may name another store)."""
+    from mlflow.exceptions import MlflowException
+
     with tempfile.TemporaryDirectory() as tmp, _no_progress_bar():
-        data = json.loads(Path(client.download_artifacts(run_id, path, tmp)).read_text())
+        try:
+            data = json.loads(Path(client.download_artifacts(run_id, path, tmp)).read_text())
+        except (MlflowException, OSError) as e:  # the run's files gone from the artifact store, or unreachable
+            where = client.get_run(run_id).info.artifact_uri
+            raise ReportError(f"run {run_id}: artifact '{path}' cannot be read from {where} "
+                              f"({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
     return [dict(zip(data["columns"], row)) for row in data["data"]]
 
 
@@ -213,9 +223,10 @@ def build_report(run_id: str | None = None, experiment: str | None = None, sweep
         target = _get_run(client, uri, run_id)
     else:
         exp = _experiment(client, uri, experiment)
-        target = latest_training_run(client, exp)
+        # a sweep-only experiment: its latest complete sweep, reported on through its winner
+        target = latest_training_run(client, exp) or latest_sweep(client, exp.experiment_id)
         if target is None:
-            raise ReportError(f"no finished training run in experiment '{exp.name}' at {uri}: "
+            raise ReportError(f"no finished training run or complete sweep in experiment '{exp.name}' at {uri}: "
                               "give a run id, or --experiment")
     sweep = None
     if with_sweep:

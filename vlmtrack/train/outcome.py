@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Callable
 
 from vlmtrack.config import Config
-from vlmtrack.eval.ablations import run_ablations
+from vlmtrack.eval.ablations import order_text, run_ablations
 from vlmtrack.files import write_json
 from vlmtrack.train.setup import Run
 from vlmtrack.train.steptime import step_time_stats
@@ -34,6 +34,7 @@ def trial_outcomes(run: Run, step: int, bad_samples: list[dict], score: Scorer |
         if abl:
             tr.tracker.log_metrics(abl, step)
             run.log(f"[ablation] {tr.name} " + " ".join(f"{k}={v:.4f}" for k, v in abl.items()))
+            run.log(f"[ablation] {tr.name} order {order_text(abl)}")
         outcome = finished_outcome(run, tr, step, abl)
         if score and (value := score(outcome, tr.cfg)) is not None:
             outcome["score"] = value
