@@ -72,8 +72,19 @@ def test_split_file_deterministic_and_reused(tmp_path):
     mtime = a.path.stat().st_mtime_ns
     again = split_for(metas, tmp_path / "a")
     assert again.eval == a.eval and again.train == a.train and a.path.stat().st_mtime_ns == mtime
-    with pytest.raises(DataError, match="was built with"):
+    with pytest.raises(DataError, match=r"holds the split of another run \(data.max_samples: 0 -> 1000\)"):
         split_for(metas, tmp_path / "a", max_samples=1000)
+
+
+def test_another_data_set_in_the_same_folder_says_what_differs_and_the_fix_in_one_line(tmp_path):
+    metas, _ = make_metas(500, 500, 500)
+    split_for(metas, tmp_path / "demo")
+    other, _ = make_metas(400, 500, 600)
+    with pytest.raises(DataError) as err:
+        split_for(other, tmp_path / "demo", data_fingerprint="another")
+    message = str(err.value)
+    assert "\n" not in message and "(the data file's contents)" in message
+    assert "train.run_name=<a new name>" in message
 
 
 def test_golden_from_eval_with_requested_counts_and_reused(tmp_path):

@@ -109,13 +109,19 @@ def save_split(split: Split, metas: list[SampleMeta], path: Path, params: dict) 
     write_json(path, doc)
 
 
+def split_mismatch(path: Path, built: dict, asked: dict) -> str:
+    """One line: what differs from the run that wrote the split, and the override that gives this run its own
+    folder (the README's demo, then a new data set in the same checkout, met two dumped dicts here)."""
+    differ = [("the data file's contents" if k == "data" else f"data.{k}: {built.get(k)} -> {asked[k]}")
+              for k in asked if built.get(k) != asked[k]]
+    return (f"{path} holds the split of another run ({'; '.join(differ)}): give this run its own folder with "
+            f"train.run_name=<a new name> (or train.output_dir=...), or delete the file to rebuild the split here")
+
+
 def load_split(path: Path, metas: list[SampleMeta], params: dict) -> Split:
     doc = json.loads(path.read_text())
     if doc.get("params") != params:
-        raise DataError(
-            f"split file {path} was built with {doc.get('params')}, this run asks for {params}: "
-            "use another train.output_dir or delete the file to rebuild it"
-        )
+        raise DataError(split_mismatch(path, doc.get("params") or {}, params))
     pos = {m.id: i for i, m in enumerate(metas)}
     # one lookup per id (-1: not in the data), the ids named only when one is missing: at 558K ids a
     # separate membership pass cost as much as the lookups
