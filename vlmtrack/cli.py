@@ -29,11 +29,12 @@ def _overrides(args) -> list[str]:
 
 
 def _train(args) -> None:
+    from vlmtrack.data.pipeline import check_inputs
     from vlmtrack.demo.assets import fill_demo_defaults
-    from vlmtrack.tracking.session import log_summary, tracked_run
     from vlmtrack.runtime import distributed as dist
     from vlmtrack.sweep.score import composite_score
     from vlmtrack.tracking.base import NullTracker
+    from vlmtrack.tracking.session import log_summary, tracked_run
     from vlmtrack.train.loop import train
 
     cfg = load_config(args.config, _overrides(args))
@@ -41,6 +42,7 @@ def _train(args) -> None:
     try:
         with dist.main_first():  # rank 0 builds the demo assets, if needed, before the others look
             fill_demo_defaults(cfg)
+        check_inputs(cfg)  # before the MLflow run: a bad path or record leaves no FAILED run behind
         if not dist.is_main():  # rank 0 holds the one MLflow run and writes every file
             train(cfg, NullTracker(), score=composite_score)
             return
@@ -107,6 +109,7 @@ def _golden(args) -> None:
 
 
 def _sweep(args) -> None:
+    from vlmtrack.data.pipeline import check_inputs
     from vlmtrack.demo.assets import fill_demo_defaults
     from vlmtrack.model.backbone import load_tokenizer
     from vlmtrack.sweep.run import run_sweep
@@ -115,6 +118,7 @@ def _sweep(args) -> None:
 
     cfg = load_config(args.config, _overrides(args))
     fill_demo_defaults(cfg)
+    check_inputs(cfg)  # before the sweep's MLflow run
     cfg.train.run_name = cfg.sweep.study_name
     with tracked_run(cfg, args.config, training=False, experiment=args.experiment) as parent:
         exp_id = parent.experiment_id

@@ -55,17 +55,46 @@ def prepare_data(cfg: Config, tokenizer, out_dir: Path, phase=no_timing) -> RunD
         return read_and_split(cfg, tokenizer, out_dir, phase)
 
 
+# The records check_inputs validated before the MLflow run existed, for the run to take instead of reading
+# the file again: (resolved path, size, mtime) -> samples; one data file at a time.
+_CHECKED: dict[tuple, list[Sample]] = {}
+
+
+def _file_key(data_path: Path) -> tuple:
+    st = data_path.stat()
+    return str(data_path.resolve()), st.st_size, st.st_mtime_ns
+
+
+def image_root_of(cfg: Config) -> Path:
+    d = cfg.data
+    image_root = Path(d.image_folder) if d.image_folder else Path(d.data_path).parent
+    if not image_root.is_dir():
+        raise DataError(f"image folder '{image_root}' does not exist: set data.image_folder")
+    return image_root
+
+
+def check_inputs(cfg: Config) -> None:
+    """What can be checked before a run is created, so that a typo in a path or a bad record costs seconds
+    and leaves no FAILED MLflow run behind: the image folder, the data file and every record in it."""
+    image_root_of(cfg)
+    data_path = Path(cfg.data.data_path)
+    with gc_paused():
+        samples = check_records(read_json_list(data_path), data_path)
+    _CHECKED.clear()
+    _CHECKED[_file_key(data_path)] = samples
+
+
 def read_and_split(cfg: Config, tokenizer, out_dir: Path, phase=no_timing) -> RunData:
     d = cfg.data
     data_path = Path(d.data_path)
-    image_root = Path(d.image_folder) if d.image_folder else data_path.parent
-    if not image_root.is_dir():
-        raise DataError(f"image folder '{image_root}' does not exist: set data.image_folder")
-    with phase("JSON read"):
-        raw = read_json_list(data_path)
-    with phase("validation (records)"):
-        samples = check_records(raw, data_path)
-        del raw  # the parsed JSON is the start's largest object: not held while the rest runs
+    image_root = image_root_of(cfg)
+    samples = _CHECKED.get(_file_key(data_path)) if data_path.is_file() else None
+    if samples is None:
+        with phase("JSON read"):
+            raw = read_json_list(data_path)
+        with phase("validation (records)"):
+            samples = check_records(raw, data_path)
+            del raw  # the parsed JSON is the start's largest object: not held while the rest runs
     with phase("tokenising (label lengths)"):
         lengths = caption_lengths(samples, tokenizer, data_path, split_path(out_dir, d.split_seed, d.eval_size).parent)
         metas = metadata(samples, lengths, d.len_buckets, d.bucket_names)
