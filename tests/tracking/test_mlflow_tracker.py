@@ -94,3 +94,21 @@ def test_experiments_open_on_training_runs_in_the_ui(store):
     default_run = store.create_run("0").info.run_id  # as `mlflow run` creates it, in Default
     MlflowTracker(run_id=default_run).finish()
     assert store.get_experiment("0").tags[EXPERIMENT_KIND] == TRAINING_KIND
+
+
+def test_a_checkpoint_a_registered_model_uses_is_never_deleted(store, tmp_path):
+    """Retention removes a run's checkpoint artifacts through the artifact repository, except a folder a
+    registered model version was made from."""
+    folder = tmp_path / "ckpt"
+    folder.mkdir()
+    (folder / "connector.json").write_text("{}")
+    tr = MlflowTracker(experiment="keep", run_name="r")
+    for step in (4, 8):
+        tr.log_artifact(folder / "connector.json", f"checkpoints/step_{step}")
+    tr.flush()
+    store.create_registered_model("connector")
+    store.create_model_version("connector", f"runs:/{tr.run_id}/checkpoints/step_4", run_id=tr.run_id)
+    tr.delete_artifacts("checkpoints/step_4")
+    tr.delete_artifacts("checkpoints/step_8")
+    tr.finish()
+    assert [f.path for f in store.list_artifacts(tr.run_id, "checkpoints")] == ["checkpoints/step_4"]
