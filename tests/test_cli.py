@@ -158,3 +158,24 @@ def test_bad_data_is_refused_before_any_mlflow_run_exists(command, tiny_paths, t
                      f"data.data_path={tiny_paths['data']}", "data.image_folder=/no/such/folder"]) == 1
     assert "image folder '/no/such/folder' does not exist" in capsys.readouterr().err
     assert store.get_experiment_by_name("pre") is None  # no experiment, no run
+
+
+def test_a_runs_console_holds_no_library_noise(tiny_paths, tmp_path):
+    """Optuna's ExperimentalWarnings (heartbeats and stale-trial retries, used by design) and transformers'
+    model-loading bars printed on every run and read like failures. A tiny train and sweep, as a user starts
+    them: stderr holds none of them."""
+    from tests.helpers.tiny_models import tiny_config
+    from vlmtrack.config import dump_yaml
+
+    cfg = tiny_config(tiny_paths, tmp_path / "out", train_steps=4, save_every=4, quick_eval_steps=0)
+    cfg.sweep.lr, cfg.sweep.vision_ln, cfg.sweep.output_dir = [1e-3, 2e-3], [False, True], str(tmp_path / "sweep")
+    cfg.data.num_workers = 0
+    dump_yaml(cfg, tmp_path / "cfg.yaml")
+    env = dict(os.environ, MLFLOW_TRACKING_URI=f"sqlite:///{tmp_path}/m.db")
+    env.pop("MLFLOW_RUN_ID", None)
+    for command in ("train", "sweep"):
+        done = subprocess.run([sys.executable, "-m", "vlmtrack.cli", command, "--config", str(tmp_path / "cfg.yaml")],
+                              env=env, capture_output=True, text=True, timeout=600, cwd=REPO)
+        assert done.returncode == 0, done.stderr[-3000:]
+        for noise in ("ExperimentalWarning", "Heartbeat of storage", "Loading weights", "Writing model shards"):
+            assert noise not in done.stderr, (command, noise, done.stderr[-2000:])

@@ -3,6 +3,7 @@ passes every connector shares: vision features once per batch, and the LLM over 
 sequences of all connectors, with the loss only at label positions."""
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -47,10 +48,26 @@ def check_model_source(path: str, what: str) -> None:
         ) from None
 
 
+@contextlib.contextmanager
+def no_progress_bars():
+    """transformers draws a bar for every model it loads: noise between a run's own lines, and each rank of
+    a torchrun job draws its own. Off for the load, as it was after."""
+    from transformers.utils import logging as hf_logging
+
+    was = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was:
+            hf_logging.enable_progress_bar()
+
+
 def _from_pretrained(loader, path: str, what: str, **kw):
     check_model_source(path, what)
     try:
-        return loader.from_pretrained(path, **kw)
+        with no_progress_bars():
+            return loader.from_pretrained(path, **kw)
     except OSError as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise ModelLoadError(

@@ -19,6 +19,7 @@ import os
 import random
 import threading
 import time
+import warnings
 from pathlib import Path
 
 import optuna
@@ -27,6 +28,12 @@ from optuna.trial import TrialState
 
 from vlmtrack.config import SWEEP_AXES, Config, set_axes
 from vlmtrack.data.llava import DataError
+
+# The heartbeat and stale-trial retry below are Optuna features vlmtrack relies on by design; their
+# ExperimentalWarnings, and the note that heartbeats are meant for Study.optimize (we ask and tell, with a
+# heartbeat thread of our own), printed on every worker and read like failures.
+warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used with Study.optimize")
 
 STOOD_DOWN = "stood_down"  # user attr of a trial that did not train: its point belongs to another trial
 
