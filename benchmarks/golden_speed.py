@@ -33,6 +33,7 @@ from vlmtrack.config import Config  # noqa: E402
 from vlmtrack.eval.golden_gen import generate_golden  # noqa: E402
 from vlmtrack.model.backbone import load_backbone  # noqa: E402
 from vlmtrack.model.connector import Connector  # noqa: E402
+from vlmtrack.model.kernels import use_fused_kernels  # noqa: E402
 
 TARGET_S = 3.0
 
@@ -42,10 +43,13 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
-def setup(root: Path, preset: str, device: torch.device, dtype: torch.dtype, n_items: int):
-    """The preset's towers (random weights, through from_pretrained), a connector, n golden items."""
+def setup(root: Path, preset: str, device: torch.device, dtype: torch.dtype, n_items: int, kernels: str = "torch"):
+    """The preset's towers (random weights, through from_pretrained), a connector, n golden items. The LLM
+    gets the kernels a training run of the spec's settings would give it (`kernels`): the dump decodes
+    with the run's own LLM."""
     paths = build_preset(preset, root)
     bb = load_backbone(str(paths["llm"]), str(paths["vision"]), dtype).to(device)
+    use_fused_kernels(bb.llm, device, kernels, sequences_per_step=4, graphed=True)
     cfg = Config()
     m = cfg.model
     torch.manual_seed(0)
@@ -73,7 +77,8 @@ def dump(bb, conn, items, human, root, cfg, device, dtype, mode: str, batch: int
 def measure(args, root: Path) -> list[dict]:
     device = torch.device("cpu" if args.tiny else "cuda")
     dtype = torch.float32 if args.tiny else torch.bfloat16
-    bb, conn, items, human, cfg = setup(root, "tiny" if args.tiny else args.preset, device, dtype, args.items)
+    bb, conn, items, human, cfg = setup(root, "tiny" if args.tiny else args.preset, device, dtype, args.items,
+                                        args.kernels)
     run = lambda mode, batch, n, log=print: dump(bb, conn, items, human, root, cfg, device, dtype, mode, batch, n, log)  # noqa: E731
     run("generate", args.batches[0], 2)  # warm-up, untimed
     rows = []
@@ -107,6 +112,24 @@ def measure(args, root: Path) -> list[dict]:
     return rows
 
 
+def profile(args, root: Path) -> None:
+    """One warm static dump at the first batch size under torch.profiler: where its time goes (GPU busy
+    time against wall time says whether the dump is kernel-bound or waiting on the host)."""
+    from torch.profiler import ProfilerActivity, profile as torch_profile
+
+    device, dtype = torch.device("cuda"), torch.bfloat16
+    bb, conn, items, human, cfg = setup(root, args.preset, device, dtype, args.items, args.kernels)
+    batch = args.batches[0]
+    dump(bb, conn, items, human, root, cfg, device, dtype, "static", batch, args.new_tokens, print)  # warm
+    with torch_profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        wall, _ = dump(bb, conn, items, human, root, cfg, device, dtype, "static", batch, args.new_tokens, print)
+    events = prof.key_averages()
+    gpu_s = sum(e.self_device_time_total for e in events) / 1e6
+    print(f"[golden_speed] profiled static dump at batch {batch}: wall {wall:.2f} s, GPU busy {gpu_s:.2f} s")
+    print(events.table(sort_by="self_device_time_total", row_limit=25))
+    print(events.table(sort_by="self_cpu_time_total", row_limit=25))
+
+
 def table(rows: list[dict], args) -> None:
     where = "CPU, tiny preset" if args.tiny else f"{torch.cuda.get_device_name()}, {args.preset} preset"
     print(f"\nGolden dump of {args.items} captions x {args.new_tokens} new tokens ({where}), seconds:")
@@ -127,10 +150,16 @@ def main() -> None:
     ap.add_argument("--paths", nargs="+", default=["generate", "static"], choices=["generate", "static", "auto"])
     ap.add_argument("--items", type=int, default=64)
     ap.add_argument("--new-tokens", type=int, default=64)
+    ap.add_argument("--kernels", default="auto", choices=["auto", "liger", "torch"],
+                    help="the LLM's kernels (train.kernels); auto: what a spec run (batch 4, CUDA graphs) uses: "
+                         "liger-kernel's fused RMSNorm, SwiGLU and RoPE on CUDA where installed")
+    ap.add_argument("--profile", action="store_true", help="CUDA: profile one static dump at the first batch size")
     args = ap.parse_args()
     if not args.tiny and not torch.cuda.is_available():
         sys.exit("golden_speed: no CUDA device; use --tiny to run the script on CPU")
     with tempfile.TemporaryDirectory(prefix="golden_speed_") as tmp:
+        if args.profile:
+            return profile(args, Path(tmp))
         rows = measure(args, Path(tmp))
     table(rows, args)
 

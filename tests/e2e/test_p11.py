@@ -27,7 +27,8 @@ def test_run_finished_with_every_metric(run):
                 "data_avg_label_tokens", "ablation_loss_correct", "ablation_loss_shuffled", "ablation_loss_zero",
                 "ablation_loss_noise", "delta_shuffle", "delta_zero", "delta_noise", "ablation_order_ok",
                 "step_time_mean_s", "step_time_p50_s", "step_time_p90_s", "step_time_max_s", "data_wait_share",
-                "est_epoch_wall_s", "full_eval_time_s", "golden_time_s", "score"}
+                "est_epoch_wall_s", "full_eval_time_s", "golden_time_s", "startup_wall_s", "loop_wall_s",
+                "ablations_wall_s", "score"}
     expected |= {f"eval_loss_{b}" for b in BUCKETS} | {f"eval_label_tokens_{b}" for b in BUCKETS}
     assert expected <= set(r.data.metrics)
     assert {"split_hash", "golden_hash", "llm", "vision", "git_commit", "device", "vlmtrack_version"} <= set(r.data.tags)

@@ -47,17 +47,24 @@ def prompt_batch(bb, conn, rows: int, device=torch.device("cpu")):
         return bb.embed(ids, conn(features)), mask
 
 
-def both_paths(bb, embeds, mask, seed=0, **overrides):
+def both_paths(bb, embeds, mask, seed=0, check_every=1, after=None, **overrides):
+    """generate()'s tokens and the static loop's; `after` (a list) receives a draw each path's generator
+    gives once it is done, so equal entries mean the loop left the generator where generate() does."""
     kwargs = dict(do_sample=False, temperature=0.2, top_p=0.9, max_new_tokens=NEW_TOKENS, repetition_penalty=1.0,
                   eos_token_id=2, pad_token_id=bb.pad_id)
     kwargs.update(overrides)
     with torch.no_grad():
         torch.manual_seed(seed)
         reference = bb.llm.generate(inputs_embeds=embeds, attention_mask=mask, **kwargs)
+        if after is not None:
+            after.append(torch.rand(4))
         sampling = sampling_settings(bb.llm, **kwargs)
-        decoder = StaticDecoder(bb.llm, embeds.shape[1] + NEW_TOKENS, torch.device("cpu"), torch.float32)
+        decoder = StaticDecoder(bb.llm, embeds.shape[1] + NEW_TOKENS, torch.device("cpu"), torch.float32,
+                                check_every=check_every)
         torch.manual_seed(seed)
         fast = decoder.generate(embeds, mask, sampling)
+        if after is not None:
+            after.append(torch.rand(4))
         decoder.close()
     return reference, fast
 
@@ -81,13 +88,39 @@ def test_greedy_static_decode_equals_generate(sharp, rows):
         assert fast.shape[1] == NEW_TOKENS  # a row that never ends keeps the loop going
 
 
-def test_all_rows_ending_stops_the_loop_as_generate_does(sharp):
+@pytest.mark.parametrize("check_every", [1, 5])
+def test_all_rows_ending_stops_the_loop_as_generate_does(sharp, check_every):
     bb, conns = sharp
     embeds, mask = prompt_batch(bb, conns[0], 3)
     reference, _ = both_paths(bb, embeds, mask)
     eos = int(reference[0, 0])
-    reference, fast = both_paths(bb, embeds, mask, max_new_tokens=NEW_TOKENS, eos_token_id=eos)
+    reference, fast = both_paths(bb, embeds, mask, check_every=check_every, max_new_tokens=NEW_TOKENS,
+                                 eos_token_id=eos)
     assert torch.equal(fast, reference)
+
+
+@pytest.mark.parametrize("check_every", [3, 5, NEW_TOKENS + 1])
+def test_asking_every_few_tokens_whether_all_rows_ended_gives_generates_tokens_and_leaves_its_generator(
+        sharp, check_every):
+    """Graphed decoding asks every STOP_CHECK_EVERY tokens (one host sync, not one per token): the steps past
+    the end are cut and the generator is put back, so the tokens and the next draw are generate()'s."""
+    bb, conns = sharp
+    embeds, mask = prompt_batch(bb, conns[0], 4)
+    settings = dict(do_sample=True, temperature=0.7, top_p=0.9, repetition_penalty=1.0)
+    for seed in range(8):
+        reference, _ = both_paths(bb, embeds, mask, seed=seed, **settings)
+        # an eos every row draws before the end: the first token after row 0's first one
+        ends = [set(row[: NEW_TOKENS - 2].tolist()) for row in reference]
+        common = set.intersection(*ends)
+        if common:
+            break
+    assert common, "no seed gave a token every row draws: the test needs one"
+    after = []
+    reference, fast = both_paths(bb, embeds, mask, seed=seed, check_every=check_every, after=after,
+                                 eos_token_id=min(common), **settings)
+    assert reference.shape[1] < NEW_TOKENS  # every row ended early: the loop ran past the end and cut back
+    assert torch.equal(fast, reference)
+    assert torch.equal(after[0], after[1])
 
 
 def test_a_repetition_penalty_is_left_to_generate(sharp):

@@ -1,3 +1,5 @@
+import sys
+
 import pytest
 import torch
 
@@ -89,3 +91,25 @@ def test_ablations_replace_features():
     noise = ablate(torch.randn(64, 50, 8) * 3 + 2, "noise", g)
     assert abs(noise.mean() - 2) < 0.1 and abs(noise.std() - 3) < 0.1
     assert torch.equal(ablate(x, "correct", g), x)
+
+
+def test_the_pil_image_processor_is_asked_for_by_name_where_torchvision_does_not_import(tiny_paths, monkeypatch):
+    import logging
+    import types
+
+    from vlmtrack.model.backbone import image_processor_backend
+
+    monkeypatch.setitem(sys.modules, "torchvision", None)  # absent or broken: `import torchvision` raises
+    assert image_processor_backend() == {"backend": "pil"}
+    records = []
+    handler = logging.Handler()
+    handler.emit = records.append
+    logging.getLogger("transformers").addHandler(handler)
+    try:
+        bb = load_backbone(str(tiny_paths["llm"]), str(tiny_paths["vision"]))
+    finally:
+        logging.getLogger("transformers").removeHandler(handler)
+    assert type(bb.image_processor).__name__.endswith("Pil")
+    assert [r.getMessage() for r in records if r.levelno >= logging.WARNING] == []
+    monkeypatch.setitem(sys.modules, "torchvision", types.ModuleType("torchvision"))  # one that imports
+    assert image_processor_backend() == {}

@@ -56,3 +56,26 @@ def test_the_llm_and_connector_attend_without_cudnn_in_training_eval_and_generat
         assert not any(cudnn for _, cudnn in calls), part
     assert all(cudnn for where, _, cudnn in seen if where == "tower")
     assert torch.backends.cuda.cudnn_sdp_enabled()
+
+
+def test_liger_optional_backend_imports_are_off_the_console_and_its_other_warnings_stay():
+    import logging
+
+    from vlmtrack.model.kernels import LIGER_REGISTRY_LOGGER, quiet_optional_liger_backends
+
+    logger = logging.getLogger(LIGER_REGISTRY_LOGGER)  # the logger liger-kernel's registry writes to
+    seen = []
+    handler = logging.Handler()
+    handler.emit = lambda record: seen.append(record.getMessage())
+    logger.addHandler(handler)
+    try:
+        quiet_optional_liger_backends()
+        quiet_optional_liger_backends()  # a second run in the process adds nothing
+        # liger 0.8.5's call, word for word (backends/registry.py)
+        logger.warning("Backend impl '%s' for op '%s' could not be imported: %s: %s",
+                       "liger_kernel.backends._ascend.ops.rms_norm", "rms_norm", "ImportError", "no torch_npu")
+        logger.warning("Registered nothing for op '%s'", "rms_norm")
+    finally:
+        logger.removeHandler(handler)
+    assert seen == ["Registered nothing for op 'rms_norm'"]
+    assert sum(f.__name__ == "_not_an_optional_backend" for f in logger.filters) == 1

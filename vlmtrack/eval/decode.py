@@ -24,6 +24,8 @@ from vlmtrack.model.kernels import sdpa_without_cudnn
 
 DECODE_CHOICES = ("auto", "generate", "static")
 WARMUP_STEPS = 2  # eager steps on a side stream before capture (cuBLAS workspaces, lazy inits)
+# graphed decoding asks whether every row has ended once per this many tokens, not after each (see decode)
+STOP_CHECK_EVERY = 8
 _SIDE_STREAMS: dict[int, "torch.cuda.Stream"] = {}
 
 
@@ -253,14 +255,36 @@ class StaticRunner:
         self.graph = self.cache = self.logits = None
 
 
+def rng_mark(device: torch.device):
+    """Where the global generator that draws this device's tokens stands: on CUDA its Philox offset, kept
+    on the host (reading it is no sync); on CPU its state."""
+    if device.type == "cuda":
+        return torch.cuda.default_generators[device.index if device.index is not None
+                                             else torch.cuda.current_device()].get_offset()
+    return torch.get_rng_state()
+
+
+def rng_restore(device: torch.device, mark) -> None:
+    if device.type == "cuda":
+        torch.cuda.default_generators[device.index if device.index is not None
+                                      else torch.cuda.current_device()].set_offset(mark)
+    else:
+        torch.set_rng_state(mark)
+
+
 def decode(runner: StaticRunner, embeds: torch.Tensor, mask: torch.Tensor, s: Sampling,
-           graphed: bool = False) -> torch.Tensor:
+           graphed: bool = False, check_every: int = 1) -> torch.Tensor:
     """generate()'s sampling loop over the static runner: the new tokens [rows, <= max_new_tokens], the pad
-    token after a row's eos, cut where every row has ended (as generate() returns them)."""
+    token after a row's eos, cut where every row has ended (as generate() returns them).
+
+    generate() asks after every token whether all rows have ended: a host sync per token, during which the
+    GPU idles while the host launches the next step. Here the question is asked every `check_every` tokens:
+    the steps taken past the end are cut off, and the generator is put back to where it stood after the
+    last real token's draw, so the output, and every later draw, are generate()'s."""
     logits = runner.prefill(embeds, mask)
-    rows = embeds.shape[0]
-    unfinished = torch.ones(rows, dtype=torch.long, device=embeds.device)
-    out = []
+    rows, device = embeds.shape[0], embeds.device
+    unfinished = torch.ones(rows, dtype=torch.long, device=device)
+    out, alive, marks, checked = [], [], [], 0
     for t in range(s.max_new_tokens):
         if t:
             logits = runner.step(out[-1], graphed)
@@ -268,8 +292,18 @@ def decode(runner: StaticRunner, embeds: torch.Tensor, mask: torch.Tensor, s: Sa
         tokens = tokens * unfinished + s.pad_token_id * (1 - unfinished)
         out.append(tokens)
         unfinished = unfinished & (tokens != s.eos_token_id).long()
-        if not bool(unfinished.any()):  # generate's stop check: a host sync per token, as there
+        alive.append(unfinished.any())
+        if s.do_sample:
+            marks.append(rng_mark(device))
+        if (t + 1) % check_every and t + 1 < s.max_new_tokens:
+            continue
+        ended = [i for i, a in enumerate(torch.stack(alive[checked:]).tolist(), start=checked) if not a]
+        if ended:
+            out = out[:ended[0] + 1]
+            if s.do_sample:
+                rng_restore(device, marks[ended[0]])
             break
+        checked = t + 1
     return torch.stack(out, 1)
 
 
@@ -277,9 +311,11 @@ class StaticDecoder:
     """The static loop for one golden dump: a runner per row count (a dump's last batch may be smaller);
     close() frees the caches and graphs (the training step needs the memory)."""
 
-    def __init__(self, llm, cache_len: int, device: torch.device, dtype: torch.dtype, log=print, strict: bool = True):
+    def __init__(self, llm, cache_len: int, device: torch.device, dtype: torch.dtype, log=print, strict: bool = True,
+                 check_every: int | None = None):
         self.llm, self.cache_len, self.device, self.dtype, self.log = llm, cache_len, device, dtype, log
         self.graphed = device.type == "cuda"
+        self.check_every = check_every or (STOP_CHECK_EVERY if self.graphed else 1)
         self.strict = strict  # False (golden_decode=auto): an error hands the rest of the dump to generate()
         self.broken: str | None = None
         self.runners: dict[int, StaticRunner] = {}
@@ -309,7 +345,7 @@ class StaticDecoder:
             self.runners[rows] = StaticRunner(self.llm, rows, self.cache_len, self.device, self.dtype)
         runner = self.runners[rows]
         failed_before = runner.failed
-        tokens = decode(runner, embeds, mask, s, self.graphed)
+        tokens = decode(runner, embeds, mask, s, self.graphed, self.check_every)
         if runner.failed and not failed_before:
             self.log(f"[golden] CUDA graph capture of the decode step failed ({runner.failed}); decoding eagerly")
         return tokens

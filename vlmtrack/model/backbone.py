@@ -76,6 +76,26 @@ def _from_pretrained(loader, path: str, what: str, **kw):
         ) from None
 
 
+def image_processor_backend() -> dict:
+    """The image processor's backend, chosen here rather than by transformers: where torchvision does not
+    import (CPU installs leave it out: its PyPI build is pinned to one torch and CUDA), the PIL processor,
+    asked for by name, so that loading it is not a fallback transformers warns about on every run. Older
+    transformers, which have one processor per model, are given nothing."""
+    import importlib
+    import importlib.util
+
+    if importlib.util.find_spec("transformers.models.auto.image_processing_auto") is None:
+        return {}
+    auto = importlib.import_module("transformers.models.auto.image_processing_auto")
+    if not hasattr(auto, "_resolve_backend"):  # transformers before the torchvision/PIL backends
+        return {}
+    try:
+        importlib.import_module("torchvision")
+    except Exception:  # absent, or installed for another torch: neither can run the torchvision processor
+        return {"backend": "pil"}
+    return {}
+
+
 @dataclass
 class Backbone:
     llm: nn.Module
@@ -209,7 +229,8 @@ def load_backbone(llm_path: str, vision_path: str, dtype: torch.dtype = torch.fl
     tower = getattr(tower, "vision_model", tower)  # SiglipModel / CLIPModel -> their vision tower
     if getattr(tower, "use_head", False):  # SigLIP's attention-pooled output: computed, then never read
         tower.use_head = False
-    image_processor = _from_pretrained(AutoImageProcessor, vision_path, "image processor", **remote)
+    image_processor = _from_pretrained(AutoImageProcessor, vision_path, "image processor", **remote,
+                                       **image_processor_backend())
     for module in (llm, tower):
         module.eval()
         module.requires_grad_(False)

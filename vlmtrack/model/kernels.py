@@ -3,6 +3,7 @@ model, and a fused linear cross-entropy that never materialises the [tokens, voc
 where liger-kernel is not installed, the plain PyTorch path runs (the one the tests cover)."""
 from __future__ import annotations
 
+import logging
 import sys
 
 import torch
@@ -30,6 +31,7 @@ def use_fused_kernels(llm, device: torch.device, setting: str, log=print,
         return None
     if device.type != "cuda":
         raise ValueError("train.kernels=liger needs a CUDA device: use train.kernels=auto or torch on CPU")
+    quiet_optional_liger_backends()
     try:
         from liger_kernel.transformers import LigerFusedLinearCrossEntropyLoss
         from liger_kernel.transformers.monkey_patch import _apply_liger_kernel_to_instance
@@ -54,6 +56,21 @@ def use_fused_kernels(llm, device: torch.device, setting: str, log=print,
     _unpatch_modeling(llm, classes_only=True)
     log(f"[kernels] liger-kernel: fused RMSNorm, SwiGLU, RoPE and linear cross-entropy on {llm.config.model_type}")
     return LigerFusedLinearCrossEntropyLoss(reduction="none")
+
+
+LIGER_REGISTRY_LOGGER = "liger_kernel.backends.registry"
+
+
+def _not_an_optional_backend(record: logging.LogRecord) -> bool:
+    """liger-kernel (0.8) looks, op by op, for implementations in other vendors' backends and logs each one
+    that does not import as a warning ("Backend impl '...' could not be imported: ImportError ..."): expected
+    wherever those backends are not installed, and it read like a failure on every GPU run. liger keeps them
+    in `liger_kernel.backends.registry.get_discovery_failures()`; every other liger warning still shows."""
+    return not str(record.msg).startswith("Backend impl")
+
+
+def quiet_optional_liger_backends() -> None:
+    logging.getLogger(LIGER_REGISTRY_LOGGER).addFilter(_not_an_optional_backend)  # once: a set of filters
 
 
 _PRISTINE: dict[str, dict] = {}  # modeling module name -> its namespace before liger first patched it

@@ -30,7 +30,9 @@ def train_trials(trials: list[Trial], log=print, score: Scorer | None = None,
     """Trains the trials side by side and returns their outcomes, in order. A trial whose loss turns
     non-finite leaves at the next log or save, and `on_trial_failed(trial)` is told at once; when no trial
     is left, NonFiniteLossError. `score(outcome, cfg)` adds each finished trial's score."""
+    t_setup = time.perf_counter()
     run = set_up_run(trials, log)
+    run.wall["startup_s"] = time.perf_counter() - t_setup
     steps, bar = Stepper(run), progress_bar(run)
     step, t_start = run.start_step, time.perf_counter()
     while step < run.total_steps:
@@ -55,6 +57,7 @@ def train_trials(trials: list[Trial], log=print, score: Scorer | None = None,
             golden(run, step)
         if due.save:
             save(run, step)
+    run.wall["loop_s"] = time.perf_counter() - t_start  # the first step to the last one's eval, golden and save
     if bar:
         bar.close()
     return trial_outcomes(run, step, steps.batches.bad_samples, score)

@@ -3,6 +3,7 @@ trial's outcome (final eval, ablations, step-time statistics, time budget, and t
 to metrics.json and logged. A failed trial's outcome is its error."""
 from __future__ import annotations
 
+import time
 from typing import Callable
 
 from vlmtrack.config import Config
@@ -23,8 +24,10 @@ def trial_outcomes(run: Run, step: int, bad_samples: list[dict], score: Scorer |
     e = run.cfg.eval
     ablations = []
     if e.run_ablations and run.active:
+        t0 = time.perf_counter()
         ablations = run_ablations(run.backbone, run.connectors(), lambda: run.eval_loader(run.ablation_batches),
                                   run.device, run.dtype, e.ablation_seed)
+        run.wall["ablations_s"] = time.perf_counter() - t0
     outcomes = []
     for tr in run.trials:
         if tr.failed:
@@ -52,6 +55,8 @@ def finished_outcome(run: Run, tr: Trial, step: int, abl: dict) -> dict:
     for key in ("full_eval_s", "golden_s"):
         if run.timing[key]:
             budget[f"{key[:-2]}_time_s"] = sum(run.timing[key]) / len(run.timing[key])
+    for key, seconds in run.wall.items():  # startup_wall_s, loop_wall_s, ablations_wall_s
+        budget[f"{key[:-2]}_wall_s"] = seconds
     split = run.data.split
     return {
         "status": "FINISHED", "step": step, "final_eval": tr.evals[-1] if tr.evals else {}, "evals": tr.evals,

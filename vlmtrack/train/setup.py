@@ -52,6 +52,8 @@ class Run:
     eval_pieces: int
     start_step: int = 0
     timing: dict = field(default_factory=lambda: {"step_s": [], "data_wait_s": [], "full_eval_s": [], "golden_s": []})
+    # this attempt's wall time by part (startup_s, loop_s, ablations_s): not kept in checkpoints
+    wall: dict = field(default_factory=dict)
 
     @property
     def main(self) -> bool:
