@@ -21,7 +21,7 @@ def test_startup_bench_times_every_data_phase(tmp_path, capsys):
     cfg = bench.run_config(data, tmp_path / "out", ["data.eval_size=150"])
     first, second = (bench.data_start(cfg, tiny_tokenizer()) for _ in range(2))
     phases = {"JSON read", "validation (records)", "tokenising (label lengths)", "split", "eval images decode",
-              "golden set", "prepare_data (total)", "image existence (every record)"}
+              "golden set", "prepare_data (total)", "image existence (distinct images)"}
     assert set(first) == set(second) == phases
     hashes = [line for line in capsys.readouterr().out.splitlines() if line.startswith("[data]")]
     assert len(hashes) == 2 and hashes[0] == hashes[1]  # the second start reads back the same split and golden set

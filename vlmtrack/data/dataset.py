@@ -85,17 +85,15 @@ def image_problem(image_root: Path, relpath: str) -> str | None:
     return None
 
 
-def check_images(image_root: Path, relpaths: list[str]) -> list[str]:
-    """Every image that will not decode, with the reason, in the order given (used on the eval set before
-    the split is used). Threads, since PIL lets go of the GIL while it decodes: 2,000 LLaVA-sized JPEGs
-    take seconds on one core."""
+def image_problems(image_root: Path, relpaths: list[str]) -> list[str | None]:
+    """Why each image will not decode, or None, in the order given (used on the eval set before the split is
+    used). Threads, since PIL lets go of the GIL while it decodes: 2,000 LLaVA-sized JPEGs take seconds on
+    one core."""
     workers = max(1, min(16, os.cpu_count() or 1, len(relpaths) // 64))
     if workers == 1:
-        problems = [image_problem(image_root, rel) for rel in relpaths]
-    else:
-        with ThreadPoolExecutor(workers) as pool:
-            problems = list(pool.map(lambda rel: image_problem(image_root, rel), relpaths))
-    return [p for p in problems if p]
+        return [image_problem(image_root, rel) for rel in relpaths]
+    with ThreadPoolExecutor(workers) as pool:
+        return list(pool.map(lambda rel: image_problem(image_root, rel), relpaths))
 
 
 class CaptionDataset(torch.utils.data.Dataset):

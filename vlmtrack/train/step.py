@@ -87,8 +87,9 @@ class TrainBatches:
             tr.tracker.log_metrics({"data_bad_images": len(self.bad_samples)}, step)
             if self.run.main:
                 write_jsonl(tr.out_dir / "bad_samples.jsonl", self.bad_samples)
-        self.run.log(f"[data] skipped {len(skipped)} undecodable image(s), {len(self.bad_samples)} so far: "
-                     f"{skipped[0]['reason']}")
+        reasons = "; ".join(f"id={s['id']}: {s['reason']}" for s in skipped)
+        self.run.log(f"[data] skipped {len(skipped)} sample(s) whose image cannot be used, "
+                     f"{len(self.bad_samples)} so far: {reasons}")
 
 
 class Stepper:
