@@ -11,7 +11,7 @@ from transformers import SiglipImageProcessor
 from tests.helpers.tiny_models import tiny_config
 from vlmtrack.data.dataset import image_problems, load_image
 from vlmtrack.data.llava import DataError
-from vlmtrack.data.pipeline import prepare_data
+from vlmtrack.data.pipeline import BAD_SAMPLES, prepare_data
 from vlmtrack.model.backbone import load_tokenizer
 from vlmtrack.tracking.base import JsonlTracker
 from vlmtrack.train import loop
@@ -77,7 +77,7 @@ def test_train_images_skipped_and_listed(copied, tmp_path):
     tracker = JsonlTracker()
     result = loop.train(cfg, tracker, log=lambda *_: None)
     assert result["status"] == "FINISHED"
-    listed = [json.loads(x) for x in (tmp_path / "run" / "bad_samples.jsonl").read_text().splitlines()]
+    listed = [json.loads(x) for x in (tmp_path / "run" / BAD_SAMPLES).read_text().splitlines()]
     assert sorted(r["id"] for r in listed) == sorted(s.id for s in broken)
     assert all("cannot be decoded" in r["reason"] for r in listed)
     assert tracker.metrics("data_bad_images")[-1][1] == 3
@@ -122,7 +122,7 @@ def test_a_wholly_undecodable_last_batch_is_replaced_by_reading_on(copied, tmp_p
     tracker = JsonlTracker()
     result = loop.train(cfg, tracker, log=lambda *_: None)
     assert result["status"] == "FINISHED" and result["step"] == 6
-    listed = [json.loads(x)["id"] for x in (tmp_path / "run" / "bad_samples.jsonl").read_text().splitlines()]
+    listed = [json.loads(x)["id"] for x in (tmp_path / "run" / BAD_SAMPLES).read_text().splitlines()]
     assert {data.samples[train[k]].id for k in last} <= set(listed)
 
 

@@ -169,8 +169,8 @@ def listed(lines: list[str], limit: int) -> str:
     return "\n  ".join(lines[:limit]) + (f"\n  ... and {len(lines) - limit} more" if len(lines) > limit else "")
 
 
-def bad_records_text(data_path: Path, bad: list[dict], total: int) -> str:
-    return f"{data_path}: {len(bad)} bad record(s) of {total}; fix or remove them:\n  " + listed(
+def bad_records_text(data_path: Path, bad: list[dict], total: int, fix: str = "fix or remove them") -> str:
+    return f"{data_path}: {len(bad)} bad record(s) of {total}; {fix}:\n  " + listed(
         [f"id={b['id']}: {b['reason']}" for b in bad], 50)
 
 

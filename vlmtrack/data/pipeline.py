@@ -28,9 +28,11 @@ class RunData:
     skipped: list[dict] = field(default_factory=list)  # the records data.on_bad_record=skip left out, with reasons
 
 
-# Under the run's output folder, and an artifact of its MLflow run (train/setup.py writes and logs it): the
-# records data.on_bad_record=skip left out, one {id, index, image, reason} a line.
+# Under the run's output folder, each an artifact of its MLflow run, one {id, ..., reason} a line: the records
+# data.on_bad_record=skip left out before the run (train/setup.py writes them), and the samples training
+# skipped because their image would not decode (data.on_bad_image=skip; train/step.py).
 SKIPPED_RECORDS = "skipped_records.jsonl"
+BAD_SAMPLES = "bad_samples.jsonl"
 
 
 @dataclass
@@ -135,8 +137,8 @@ def refusal(data_path: Path, image_root: Path, total: int, bad: list[dict], abse
     path), and the fixes, skipping among them."""
     parts = []
     if bad:
-        parts.append(bad_records_text(data_path, bad, total).replace(
-            "; fix or remove them:", "; fix or remove them, or set data.on_bad_record=skip to train on the rest:", 1))
+        parts.append(bad_records_text(data_path, bad, total,
+                                      "fix or remove them, or set data.on_bad_record=skip to train on the rest"))
     if absent:
         parts.append(
             f"{data_path}: {len(absent)} record(s) of {total} name an image that is not under {image_root}; put the "
