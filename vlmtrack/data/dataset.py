@@ -145,7 +145,8 @@ class CaptionDataset(torch.utils.data.Dataset):
             vision = self.vision_input(s.image_relpath)
         except DataError as e:
             if self.on_bad_image == "fail":
-                raise DataError(f"id={s.id}: {e} (data.on_bad_image=skip would skip and list it)") from None
+                raise DataError(f"id={s.id}: {e} (a train image: data.on_bad_image=skip would skip and list it; "
+                                f"an eval image is never skipped, so that the eval set does not change)") from None
             return {"skipped": {"id": s.id, "image_relpath": s.image_relpath, "reason": str(e)}}
         enc = encode_sample(self.tokenizer, s.human, s.caption, self.image_token_id, self.num_latents, self.max_seq_len)
         return {
