@@ -137,8 +137,8 @@ def test_every_mlproject_entry_point_is_a_valid_command_line():
 
 @pytest.mark.parametrize("command", ["train", "sweep"])
 def test_bad_data_is_refused_before_any_mlflow_run_exists(command, tiny_paths, tmp_path, store, capsys):
-    """A bad record or a wrong image folder costs seconds and leaves no FAILED run behind (it took 11-13 s and
-    left one each time)."""
+    """A bad record, a wrong image folder or a missing image costs seconds and leaves no FAILED run behind (it
+    took 11-13 s and left one each time)."""
     import json
 
     from tests.helpers.tiny_models import tiny_config
@@ -157,6 +157,13 @@ def test_bad_data_is_refused_before_any_mlflow_run_exists(command, tiny_paths, t
     assert cli.main([command, "--config", str(tmp_path / "cfg.yaml"), "--experiment", "pre",
                      f"data.data_path={tiny_paths['data']}", "data.image_folder=/no/such/folder"]) == 1
     assert "image folder '/no/such/folder' does not exist" in capsys.readouterr().err
+    records[3]["id"] = "kept-id"
+    records[5]["image"] = "gone/x.jpg"  # a missing image was found only when training (or eval) reached it
+    bad.write_text(json.dumps(records))
+    assert cli.main([command, "--config", str(tmp_path / "cfg.yaml"), "--experiment", "pre"]) == 1
+    err = capsys.readouterr().err
+    assert f"1 record(s) of 160 name an image that is not under {tiny_paths['images']}" in err
+    assert f"id={records[5]['id']}: gone/x.jpg" in err and "data.on_bad_record=skip" in err
     assert store.get_experiment_by_name("pre") is None  # no experiment, no run
 
 

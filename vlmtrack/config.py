@@ -38,6 +38,9 @@ class DataConfig:
     feature_cache_max_gib: float = 20.0  # auto builds the cache only below this estimated size
     group_by_length: bool = False  # batches of similar length (less padding); changes the spec's order
     on_bad_image: str = "skip"  # skip | fail: a train image that cannot be decoded during training
+    # error | skip: a record with bad metadata or no image file, found before the run. error refuses the data
+    # file; skip (large web sets) leaves them out, lists them in skipped_records.jsonl and splits the rest
+    on_bad_record: str = "error"
 
 
 @dataclass
@@ -321,6 +324,7 @@ def validate(cfg: Config) -> None:
         )
     for name, value, choices in [
         ("data.on_bad_image", d.on_bad_image, ("skip", "fail")),
+        ("data.on_bad_record", d.on_bad_record, ("error", "skip")),
         ("data.feature_cache", d.feature_cache, ("auto", "on", "off")),
         ("train.kernels", t.kernels, ("auto", "liger", "torch")),
         ("train.cuda_graphs", t.cuda_graphs, ("auto", "on", "off")),

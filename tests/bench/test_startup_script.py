@@ -1,4 +1,4 @@
-"""benchmarks/startup.py keeps working: a small set built and its data phases timed through prepare_data."""
+"""benchmarks/startup.py and image_existence.py keep working: small sets built and their phases timed."""
 import importlib.util
 from pathlib import Path
 
@@ -7,8 +7,8 @@ from tests.helpers.tiny_tokenizer import tiny_tokenizer
 SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "startup.py"
 
 
-def load_script():
-    spec = importlib.util.spec_from_file_location("startup_bench", SCRIPT)
+def load_script(path: Path = SCRIPT):
+    spec = importlib.util.spec_from_file_location(path.stem, path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -21,7 +21,12 @@ def test_startup_bench_times_every_data_phase(tmp_path, capsys):
     cfg = bench.run_config(data, tmp_path / "out", ["data.eval_size=150"])
     first, second = (bench.data_start(cfg, tiny_tokenizer()) for _ in range(2))
     phases = {"JSON read", "validation (records)", "tokenising (label lengths)", "split", "eval images decode",
-              "golden set", "prepare_data (total)", "image existence (every record)"}
+              "golden set", "prepare_data (total)", "image existence (distinct images)"}
     assert set(first) == set(second) == phases
     hashes = [line for line in capsys.readouterr().out.splitlines() if line.startswith("[data]")]
     assert len(hashes) == 2 and hashes[0] == hashes[1]  # the second start reads back the same split and golden set
+
+
+def test_the_existence_benchmark_finds_its_two_missing_images_every_way(tmp_path):
+    results = load_script(SCRIPT.parent / "image_existence.py").measure(tmp_path, records=3000, images=900, repeats=1)
+    assert len(results) == 3 and all(missing == 2 for _, missing in results.values())

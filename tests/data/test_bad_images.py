@@ -9,9 +9,9 @@ from PIL import Image
 from transformers import SiglipImageProcessor
 
 from tests.helpers.tiny_models import tiny_config
-from vlmtrack.data.dataset import check_images, load_image
+from vlmtrack.data.dataset import image_problems, load_image
 from vlmtrack.data.llava import DataError
-from vlmtrack.data.pipeline import prepare_data
+from vlmtrack.data.pipeline import BAD_SAMPLES, prepare_data
 from vlmtrack.model.backbone import load_tokenizer
 from vlmtrack.tracking.base import JsonlTracker
 from vlmtrack.train import loop
@@ -77,10 +77,31 @@ def test_train_images_skipped_and_listed(copied, tmp_path):
     tracker = JsonlTracker()
     result = loop.train(cfg, tracker, log=lambda *_: None)
     assert result["status"] == "FINISHED"
-    listed = [json.loads(x) for x in (tmp_path / "run" / "bad_samples.jsonl").read_text().splitlines()]
+    listed = [json.loads(x) for x in (tmp_path / "run" / BAD_SAMPLES).read_text().splitlines()]
     assert sorted(r["id"] for r in listed) == sorted(s.id for s in broken)
     assert all("cannot be decoded" in r["reason"] for r in listed)
     assert tracker.metrics("data_bad_images")[-1][1] == 3
+
+
+def test_a_skipped_batchs_console_line_gives_every_id_and_reason(copied, tmp_path):
+    """The line named the first reason alone; three images of the first batch, broken three ways."""
+    from vlmtrack.data.loader import epoch_batches, epoch_order
+
+    cfg = tiny_config(copied, tmp_path / "run", quick_eval_steps=0, train_steps=2, save_every=2)
+    cfg.eval.run_ablations = False
+    data = prepare_data(cfg, load_tokenizer(cfg.model.llm), cfg.output_dir)
+    train = data.split.train
+    first = epoch_batches(epoch_order(len(train), cfg.train.seed, 0), cfg.train.batch_size, None, cfg.train.seed, 0)[0]
+    broken = [data.samples[train[k]] for k in first[:3]]
+    for s, content in zip(broken, [b"", b"not an image", b"\xff\xd8 truncated"]):
+        (copied["images"] / s.image_relpath).write_bytes(content)
+    shutil.rmtree(cfg.output_dir)
+    lines = []
+    assert loop.train(cfg, JsonlTracker(), log=lines.append)["status"] == "FINISHED"
+    (line,) = [x for x in lines if x.startswith("[data] skipped")]
+    assert line.startswith("[data] skipped 3 sample(s) whose image cannot be used, 3 so far: ")
+    for s in broken:
+        assert f"id={s.id}: image '{s.image_relpath}' cannot be decoded" in line
 
 
 def test_a_wholly_undecodable_last_batch_is_replaced_by_reading_on(copied, tmp_path):
@@ -101,7 +122,7 @@ def test_a_wholly_undecodable_last_batch_is_replaced_by_reading_on(copied, tmp_p
     tracker = JsonlTracker()
     result = loop.train(cfg, tracker, log=lambda *_: None)
     assert result["status"] == "FINISHED" and result["step"] == 6
-    listed = [json.loads(x)["id"] for x in (tmp_path / "run" / "bad_samples.jsonl").read_text().splitlines()]
+    listed = [json.loads(x)["id"] for x in (tmp_path / "run" / BAD_SAMPLES).read_text().splitlines()]
     assert {data.samples[train[k]].id for k in last} <= set(listed)
 
 
@@ -118,7 +139,7 @@ def test_bad_eval_image_fails_the_split_build(copied, tmp_path):
     broken = break_images(cfg, copied, "eval", 2)
     with pytest.raises(DataError, match="2 eval image") as err:
         prepare_data(cfg, load_tokenizer(cfg.model.llm), cfg.output_dir)
-    assert all(s.image_relpath in str(err.value) for s in broken)
+    assert all(f"id={s.id}: image '{s.image_relpath}' cannot be decoded" in str(err.value) for s in broken)
 
 
 def test_non_ascii_and_right_to_left_captions(tmp_path):
@@ -140,13 +161,15 @@ def test_non_ascii_and_right_to_left_captions(tmp_path):
         assert enc.label_len > 0 and not enc.truncated
 
 
-def test_check_images_on_threads_reports_every_bad_image_in_order(tmp_path):
+def test_image_problems_on_threads_reports_every_bad_image_in_order(tmp_path):
     """Enough images for the thread pool: the reasons come back in the order of the paths given."""
     rels = [f"{i}.jpg" for i in range(200)]
     for i, rel in enumerate(rels):
         if i % 50 != 7:
             Image.new("RGB", (8, 8), (i, 0, 0)).save(tmp_path / rel)
     (tmp_path / "107.jpg").write_bytes(b"not a jpeg")
-    bad = check_images(tmp_path, rels)
+    problems = image_problems(tmp_path, rels)
+    assert len(problems) == len(rels)
+    bad = [p for p in problems if p]
     assert [b.split("'")[1] for b in bad] == ["7.jpg", "57.jpg", "107.jpg", "157.jpg"]
     assert "cannot be decoded" in bad[2] and "not found" in bad[0]

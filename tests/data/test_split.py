@@ -83,7 +83,7 @@ def test_another_data_set_in_the_same_folder_says_what_differs_and_the_fix_in_on
     with pytest.raises(DataError) as err:
         split_for(other, tmp_path / "demo", data_fingerprint="another")
     message = str(err.value)
-    assert "\n" not in message and "(the data file's contents)" in message
+    assert "\n" not in message and "(the data file's contents, or the records data.on_bad_record=skip left out)" in message
     assert "train.run_name=<a new name>" in message
 
 

@@ -85,17 +85,15 @@ def image_problem(image_root: Path, relpath: str) -> str | None:
     return None
 
 
-def check_images(image_root: Path, relpaths: list[str]) -> list[str]:
-    """Every image that will not decode, with the reason, in the order given (used on the eval set before
-    the split is used). Threads, since PIL lets go of the GIL while it decodes: 2,000 LLaVA-sized JPEGs
-    take seconds on one core."""
+def image_problems(image_root: Path, relpaths: list[str]) -> list[str | None]:
+    """Why each image will not decode, or None, in the order given (used on the eval set before the split is
+    used). Threads, since PIL lets go of the GIL while it decodes: 2,000 LLaVA-sized JPEGs take seconds on
+    one core."""
     workers = max(1, min(16, os.cpu_count() or 1, len(relpaths) // 64))
     if workers == 1:
-        problems = [image_problem(image_root, rel) for rel in relpaths]
-    else:
-        with ThreadPoolExecutor(workers) as pool:
-            problems = list(pool.map(lambda rel: image_problem(image_root, rel), relpaths))
-    return [p for p in problems if p]
+        return [image_problem(image_root, rel) for rel in relpaths]
+    with ThreadPoolExecutor(workers) as pool:
+        return list(pool.map(lambda rel: image_problem(image_root, rel), relpaths))
 
 
 class CaptionDataset(torch.utils.data.Dataset):
@@ -147,7 +145,8 @@ class CaptionDataset(torch.utils.data.Dataset):
             vision = self.vision_input(s.image_relpath)
         except DataError as e:
             if self.on_bad_image == "fail":
-                raise DataError(f"id={s.id}: {e} (data.on_bad_image=skip would skip and list it)") from None
+                raise DataError(f"id={s.id}: {e} (a train image: data.on_bad_image=skip would skip and list it; "
+                                f"an eval image is never skipped, so that the eval set does not change)") from None
             return {"skipped": {"id": s.id, "image_relpath": s.image_relpath, "reason": str(e)}}
         enc = encode_sample(self.tokenizer, s.human, s.caption, self.image_token_id, self.num_latents, self.max_seq_len)
         return {

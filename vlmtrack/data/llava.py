@@ -147,22 +147,38 @@ def record_id(rec, index: int):
     return rid if isinstance(rid, (str, int)) and not isinstance(rid, bool) and str(rid).strip() else f"<record {index}>"
 
 
-def check_records(raw: list, data_path: Path) -> list[Sample]:
-    """The Samples of a data file's parsed records, or a DataError listing every bad one (id and reason)."""
+def sort_records(raw: list) -> tuple[list[Sample], list[dict]]:
+    """The Samples of a data file's parsed records, and every bad one as {id, index, image, reason}."""
     samples, bad, seen = [], [], {}
     for i, rec in enumerate(raw):
         parsed = parse_record(i, rec)
+        if isinstance(parsed, Sample) and parsed.id in seen:
+            parsed = f"duplicate id (also record {seen[parsed.id]})"
         if isinstance(parsed, str):
-            bad.append(f"id={record_id(rec, i)}: {parsed}")
-            continue
-        if parsed.id in seen:
-            bad.append(f"id={record_id(rec, i)}: duplicate id (also record {seen[parsed.id]})")
+            image = rec.get("image") if isinstance(rec, dict) else None
+            bad.append({"id": str(record_id(rec, i)), "index": i, "image": image if isinstance(image, str) else None,
+                        "reason": parsed})
             continue
         seen[parsed.id] = i
         samples.append(parsed)
+    return samples, bad
+
+
+def listed(lines: list[str], limit: int) -> str:
+    """Up to `limit` lines of a list an error message names, then how many more there are."""
+    return "\n  ".join(lines[:limit]) + (f"\n  ... and {len(lines) - limit} more" if len(lines) > limit else "")
+
+
+def bad_records_text(data_path: Path, bad: list[dict], total: int, fix: str = "fix or remove them") -> str:
+    return f"{data_path}: {len(bad)} bad record(s) of {total}; {fix}:\n  " + listed(
+        [f"id={b['id']}: {b['reason']}" for b in bad], 50)
+
+
+def check_records(raw: list, data_path: Path) -> list[Sample]:
+    """The Samples of a data file's parsed records, or a DataError listing every bad one (id and reason)."""
+    samples, bad = sort_records(raw)
     if bad:
-        shown = "\n  ".join(bad[:50]) + (f"\n  ... and {len(bad) - 50} more" if len(bad) > 50 else "")
-        raise DataError(f"{data_path}: {len(bad)} bad record(s) of {len(raw)}; fix or remove them:\n  {shown}")
+        raise DataError(bad_records_text(data_path, bad, len(raw)))
     if not samples:
         raise DataError(f"{data_path}: no records")
     return samples

@@ -112,7 +112,8 @@ def save_split(split: Split, metas: list[SampleMeta], path: Path, params: dict) 
 def split_mismatch(path: Path, built: dict, asked: dict) -> str:
     """One line: what differs from the run that wrote the split, and the override that gives this run its own
     folder (the README's demo, then a new data set in the same checkout, met two dumped dicts here)."""
-    differ = [("the data file's contents" if k == "data" else f"data.{k}: {built.get(k)} -> {asked[k]}")
+    differ = [("the data file's contents, or the records data.on_bad_record=skip left out" if k == "data"
+               else f"data.{k}: {built.get(k)} -> {asked[k]}")
               for k in asked if built.get(k) != asked[k]]
     return (f"{path} holds the split of another run ({'; '.join(differ)}): give this run its own folder with "
             f"train.run_name=<a new name> (or train.output_dir=...), or delete the file to rebuild the split here")

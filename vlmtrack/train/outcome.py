@@ -7,6 +7,7 @@ import time
 from typing import Callable
 
 from vlmtrack.config import Config
+from vlmtrack.data.pipeline import BAD_SAMPLES
 from vlmtrack.eval.ablations import order_text, run_ablations
 from vlmtrack.files import write_json
 from vlmtrack.train.setup import Run
@@ -20,7 +21,7 @@ Scorer = Callable[[dict, Config], "float | None"]
 def trial_outcomes(run: Run, step: int, bad_samples: list[dict], score: Scorer | None = None) -> list[dict]:
     if bad_samples and run.main:
         for tr in run.active:
-            tr.tracker.log_artifact(tr.out_dir / "bad_samples.jsonl")
+            tr.tracker.log_artifact(tr.out_dir / BAD_SAMPLES)
     e = run.cfg.eval
     ablations = []
     if e.run_ablations and run.active:

@@ -15,7 +15,8 @@ from vlmtrack.config import Config, ConfigError, dump_yaml, flatten
 from vlmtrack.data.dataset import CaptionDataset
 from vlmtrack.data.llava import DataError
 from vlmtrack.data.loader import chunks, data_workers, eval_pieces, loader, rank_shard, seeded_subset
-from vlmtrack.data.pipeline import RunData, prepare_data
+from vlmtrack.data.pipeline import SKIPPED_RECORDS, RunData, prepare_data
+from vlmtrack.files import write_jsonl
 from vlmtrack.model.backbone import Backbone, load_backbone
 from vlmtrack.model.connector import Connector
 from vlmtrack.model.feature_cache import store_for_run
@@ -112,6 +113,7 @@ def set_up_run(trials: list[Trial], log=print) -> Run:
     graphs_on = use_cuda_graphs(t.cuda_graphs, device, sequences_per_step)
     workers, pin = data_workers(base.data.num_workers, device), device.type == "cuda"
     data, train_set, eval_set = load_data(trials, backbone, device, workers, log)
+    record_skipped(trials, data, log)
     steps_per_epoch = len(train_set) // t.batch_size
     if steps_per_epoch == 0:
         raise ValueError(f"train split has {len(train_set)} samples, fewer than train.batch_size={t.batch_size}")
@@ -130,6 +132,24 @@ def set_up_run(trials: list[Trial], log=print) -> Run:
     if t.resume_from:
         resume(run)
     return run
+
+
+def record_skipped(trials: list[Trial], data: RunData, log) -> None:
+    """Under data.on_bad_record=skip, what was left out, for each trial: its skipped_records.jsonl (an
+    artifact of its run) and the count as the metric `data_skipped_records` (0 too, so that a run's clean
+    data shows)."""
+    if trials[0].cfg.data.on_bad_record != "skip":
+        return
+    for trial in trials:
+        if dist.is_main():
+            path = trial.out_dir / SKIPPED_RECORDS
+            write_jsonl(path, data.skipped)
+            trial.tracker.log_artifact(path)
+        trial.tracker.log_metrics({"data_skipped_records": len(data.skipped)}, 0)
+    if data.skipped:
+        shown = "; ".join(f"id={r['id']}: {r['reason']}" for r in data.skipped[:5])
+        log(f"[data] data.on_bad_record=skip left out {len(data.skipped)} record(s), listed with their reasons in "
+            f"{trials[0].out_dir / SKIPPED_RECORDS}: {shown}" + (" ..." if len(data.skipped) > 5 else ""))
 
 
 def rank_batches(positions: list[int], batch_size: int) -> list[list[int]]:

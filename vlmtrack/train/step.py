@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 import torch
 
 from vlmtrack.data.loader import train_batches
+from vlmtrack.data.pipeline import BAD_SAMPLES
 from vlmtrack.files import write_jsonl
 from vlmtrack.model.forward import batch_losses
 from vlmtrack.runtime import distributed as dist
@@ -86,9 +87,10 @@ class TrainBatches:
         for tr in self.run.active:
             tr.tracker.log_metrics({"data_bad_images": len(self.bad_samples)}, step)
             if self.run.main:
-                write_jsonl(tr.out_dir / "bad_samples.jsonl", self.bad_samples)
-        self.run.log(f"[data] skipped {len(skipped)} undecodable image(s), {len(self.bad_samples)} so far: "
-                     f"{skipped[0]['reason']}")
+                write_jsonl(tr.out_dir / BAD_SAMPLES, self.bad_samples)
+        reasons = "; ".join(f"id={s['id']}: {s['reason']}" for s in skipped)
+        self.run.log(f"[data] skipped {len(skipped)} sample(s) whose image cannot be used, "
+                     f"{len(self.bad_samples)} so far: {reasons}")
 
 
 class Stepper:
