@@ -55,6 +55,6 @@ def test_the_p1_epoch_runs_the_spec_config_and_times_its_golden_dumps(tmp_path):
     p1 = bench.p1_epoch(paths, tmp_path, 0, lambda *_: None, records=60, overrides=(
         "data.max_samples=0", "data.eval_size=20", "data.golden_size=6", "data.golden_counts=[2,2,2]",
         "train.save_every=5", "train.quick_eval_steps=5", "train.quick_eval_size=8", "eval.max_new_tokens=4",
-        "eval.batch_size=8", "train.precision=auto"))
+        "eval.batch_size=8"))  # the config's train.precision=bf16, on CPU
     assert p1["steps"] == 10 and p1["golden_dumps"] == 2  # 40 train samples / 4; a dump at each save
     assert 0 < p1["steps_s"] + p1["golden_s"] + p1["full_eval_s"] <= p1["epoch_s"]

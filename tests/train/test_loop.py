@@ -127,3 +127,14 @@ def test_a_checkpoint_names_its_towers_by_absolute_path(tiny_paths, tmp_path, mo
     _, meta = ckpt.load_connector_weights(tmp_path / "rel" / "checkpoints" / "step_4")
     assert meta["llm"] == str(tiny_paths["llm"].resolve()) and meta["vision"] == str(tiny_paths["vision"].resolve())
     assert tower_reference("Qwen/Qwen3-0.6B") == "Qwen/Qwen3-0.6B"
+
+
+def test_bf16_on_cpu_trains_evaluates_and_captions(tiny_paths, tmp_path):
+    """The spec's configs say train.precision=bf16; on a CPU the bf16 towers meet the fp32 connector through
+    autocast (before: the first matmul failed on mixed dtypes)."""
+    cfg = tiny_config(tiny_paths, tmp_path / "bf16", quick_eval_steps=0, run_golden_every="end")
+    cfg.train.precision = "bf16"
+    cfg.eval.run_ablations = False
+    result = loop.train(cfg, JsonlTracker(), log=lambda *_: None)
+    assert result["status"] == "FINISHED" and torch.isfinite(torch.tensor(result["final_eval"]["eval_loss"]))
+    assert result["budget"]["golden_time_s"] > 0

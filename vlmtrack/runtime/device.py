@@ -16,5 +16,7 @@ def device_and_dtype(cfg: Config) -> tuple[torch.device, torch.dtype]:
 
 
 def autocast(device: torch.device, dtype: torch.dtype):
-    enabled = device.type == "cuda" and dtype != torch.float32
-    return torch.autocast(device.type, dtype=dtype, enabled=enabled)
+    """bf16 autocast wherever the run is bf16: the towers are loaded in bf16 and the connector's weights
+    stay fp32, so on a CPU asked for bf16 (train.precision=bf16, as the spec's configs say) the two meet
+    only through autocast; without it the first matmul failed on mixed dtypes."""
+    return torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32)
