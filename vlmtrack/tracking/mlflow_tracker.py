@@ -7,6 +7,7 @@ counted); any other failing call is reported and dropped. The run never dies for
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import posixpath
@@ -42,11 +43,9 @@ class MlflowTracker:
     def __init__(self, run_id: str | None = None, experiment: str | None = None, run_name: str | None = None,
                  parent_run_id: str | None = None, tags: dict | None = None, tracking_uri: str | None = None,
                  experiment_id: str | None = None):
-        from mlflow import MlflowClient
-
         for name, value in HTTP_BOUNDS.items():
             os.environ.setdefault(name, value)
-        self.client = MlflowClient(tracking_uri)
+        self.client = open_client(tracking_uri)
         if not run_id and not parent_run_id:  # a nested run is always new, also under `mlflow run`
             run_id = os.environ.get("MLFLOW_RUN_ID")
         if run_id:  # `mlflow run` created the run and passes it on: attach to it
@@ -92,9 +91,21 @@ class MlflowTracker:
             _warn(f"could not tag the experiment as model training: {_first_line(e)}")
 
     def _experiment_id(self, experiment: str | None) -> str:
+        """The experiment's id, created if missing. Workers started together may both find it missing:
+        the one whose create is refused takes the other's."""
+        from mlflow.exceptions import MlflowException
+
         name = experiment or os.environ.get("MLFLOW_EXPERIMENT_NAME") or DEFAULT_EXPERIMENT
         exp = self.client.get_experiment_by_name(name)
-        return exp.experiment_id if exp else self.client.create_experiment(name)
+        if exp:
+            return exp.experiment_id
+        try:
+            return self.client.create_experiment(name)
+        except MlflowException:
+            exp = self.client.get_experiment_by_name(name)
+            if exp is None:
+                raise
+            return exp.experiment_id
 
     @property
     def experiment_id(self) -> str:
@@ -431,6 +442,40 @@ class MlflowTracker:
         if self.lost_metrics or self.errors:
             _warn(f"run {self.run_id}: {self.lost_metrics} metric values lost ({LOST_METRICS}), "
                   f"{len(self.errors)} tracking calls failed")
+
+
+def open_client(tracking_uri: str | None = None):
+    """An MlflowClient on `tracking_uri` (default: MLflow's own, MLFLOW_TRACKING_URI included). Opening a
+    local sqlite store creates or migrates its schema, and MLflow does that unguarded: two workers
+    started together on a fresh store both create the tables and one dies ("table ... already exists").
+    So a sqlite store is opened under a file lock beside it; once the schema is there, opening is a check."""
+    import mlflow
+    from mlflow import MlflowClient
+
+    uri = tracking_uri or mlflow.get_tracking_uri()
+    with _store_lock(uri):
+        return MlflowClient(uri)
+
+
+SQLITE_PREFIX = "sqlite:///"
+
+
+@contextlib.contextmanager
+def _store_lock(uri: str):
+    """Holds an exclusive lock on `<db>.init-lock` beside a sqlite store's file (nothing for other stores:
+    a server or a PostgreSQL store serialises its own schema changes)."""
+    import fcntl
+
+    db = Path(uri[len(SQLITE_PREFIX):].split("?", 1)[0]) if uri.startswith(SQLITE_PREFIX) else None
+    if db is None or ":memory:" in str(db) or not db.parent.is_dir():  # nothing shared, or MLflow's own error
+        yield
+        return
+    with open(f"{db}.init-lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 def _coalesce_metrics(held: deque) -> tuple:
