@@ -19,6 +19,8 @@ import time
 from collections import deque
 from pathlib import Path
 
+from vlmtrack.files import file_lock
+
 DEFAULT_EXPERIMENT = "vlmtrack"
 METRIC_FLUSH_S = 5.0
 METRIC_BATCH = 900  # log_batch takes at most 1,000 metrics
@@ -419,9 +421,24 @@ class MlflowTracker:
         self.client.log_batch(previous_run_id, tags=[RunTag("resumed_by_run_id", self.run_id)])
         self.client.log_batch(self.run_id, tags=[RunTag("resumed_from_run_id", previous_run_id)])
 
+    def end_run(self, run_id: str, status: str, error: str) -> None:
+        """Ends another run of this store whose process died (a SIGKILLed sweep worker cannot end its
+        trial's run) with `status` and an `error` tag, unless it has ended already. Queued like any call:
+        a failure is counted and recorded on this run."""
+        self._submit("end_run", lambda: self._end_run(run_id, status, error))
+
+    def _end_run(self, run_id: str, status: str, error: str) -> None:
+        from mlflow.entities import RunTag
+
+        if self.client.get_run(run_id).info.status != "RUNNING":
+            return
+        self.client.log_batch(run_id, tags=[RunTag("error", error[:5000])])
+        self.client.set_terminated(run_id, status)
+
     def finish(self, status: str = "FINISHED", error: str | None = None) -> None:
         """Delivers what is queued (waiting up to FINISH_WAIT_S for an away server; what is still held
-        then is counted lost), marks the run, and says what tracking lost, if anything."""
+        then is counted lost), marks the run, and says what tracking lost, if anything. RUNNING leaves the
+        run running: a sweep's parent run that other workers still use."""
         from mlflow.entities import RunTag
 
         if self.finished:  # the first status wins (e.g. FAILED set by the loop before it raised)
@@ -436,7 +453,8 @@ class MlflowTracker:
         if self._worker.is_alive():
             _warn(f"a tracking call is still running after {FINISH_WAIT_S + 30:g} s; its data may not arrive")
         try:
-            self.client.set_terminated(self.run_id, status)
+            if status != "RUNNING":
+                self.client.set_terminated(self.run_id, status)
         except Exception as e:
             _warn(f"could not mark run {self.run_id} {status}: {_first_line(e)}")
         if self.lost_metrics or self.errors:
@@ -462,20 +480,14 @@ SQLITE_PREFIX = "sqlite:///"
 
 @contextlib.contextmanager
 def _store_lock(uri: str):
-    """Holds an exclusive lock on `<db>.init-lock` beside a sqlite store's file (nothing for other stores:
-    a server or a PostgreSQL store serialises its own schema changes)."""
-    import fcntl
-
+    """Holds a lock on `<db>.init-lock` beside a sqlite store's file (nothing for other stores: a server
+    or a PostgreSQL store serialises its own schema changes)."""
     db = Path(uri[len(SQLITE_PREFIX):].split("?", 1)[0]) if uri.startswith(SQLITE_PREFIX) else None
     if db is None or ":memory:" in str(db) or not db.parent.is_dir():  # nothing shared, or MLflow's own error
         yield
         return
-    with open(f"{db}.init-lock", "a") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
+    with file_lock(Path(f"{db}.init-lock")):
+        yield
 
 
 def _coalesce_metrics(held: deque) -> tuple:
