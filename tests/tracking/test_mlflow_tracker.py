@@ -135,7 +135,7 @@ for i in range(rounds):
 
 def test_workers_started_together_on_a_fresh_sqlite_store_both_start(tmp_path):
     """Two sweep workers opening one new local store at the same moment both create MLflow's schema unless
-    it is guarded; the loser died ("table ... already exists"). Five fresh stores, two processes each."""
+    it is guarded; the loser died ("table ... already exists"). Three fresh stores, two processes each."""
     import os
     import subprocess
     import sys
@@ -144,7 +144,7 @@ def test_workers_started_together_on_a_fresh_sqlite_store_both_start(tmp_path):
 
     from mlflow import MlflowClient
 
-    rounds, repo = 5, Path(__file__).resolve().parents[2]
+    rounds, repo = 3, Path(__file__).resolve().parents[2]
     env = dict(os.environ, PYTHONPATH=str(repo))
     env.pop("MLFLOW_RUN_ID", None)
     procs = [subprocess.Popen([sys.executable, "-c", OPENER, str(tmp_path), name, str(rounds)], env=env)
