@@ -78,18 +78,19 @@ def run_sweep(cfg: Config, open_parent, make_tracker, tokenizer_for_hashes, log=
     study = S.open_study(cfg)
     data = prepare_data(cfg, tokenizer_for_hashes, S.sweep_dir(cfg) / "shared")
     S.pin_hashes(study, data.split.eval_hash, data.golden_hash)
-    with S.study_lock(cfg):  # one parent and one queue per study, however many workers start at once
+    with S.study_lock(cfg):  # one parent run per study, however many workers start at once
         parent = open_parent(study.user_attrs.get(S.PARENT_RUN))
         if S.PARENT_RUN not in study.user_attrs and parent.run_id:
             study.set_user_attr(S.PARENT_RUN, parent.run_id)
-        end_dead_runs(S.fail_stale(study), parent, cfg, log)
-        queued = S.enqueue_missing(study, cfg)
     parent_run_id = study.user_attrs.get(S.PARENT_RUN, parent.run_id)
-    parent.set_tags({"optuna_study": cfg.sweep.study_name, "optuna_storage": S.storage_url(cfg).split("@")[-1],
-                     "split_hash": data.split.eval_hash, "golden_hash": data.golden_hash})
-    log(f"[sweep] study {cfg.sweep.study_name}: grid {S.grid(cfg)}; {queued} point(s) queued; "
-        f"storage {S.storage_url(cfg)}; parent run {parent_run_id}")
     with ending_parent(study, cfg, parent):
+        with S.study_lock(cfg):  # and one queue
+            end_dead_runs(S.fail_stale(study), parent, cfg, log)
+            queued = S.enqueue_missing(study, cfg)
+        parent.set_tags({"optuna_study": cfg.sweep.study_name, "split_hash": data.split.eval_hash,
+                         "optuna_storage": S.storage_url(cfg).split("@")[-1], "golden_hash": data.golden_hash})
+        log(f"[sweep] study {cfg.sweep.study_name}: grid {S.grid(cfg)}; {queued} point(s) queued; "
+            f"storage {S.storage_url(cfg)}; parent run {parent_run_id}")
         work(study, cfg, parent, make_tracker, parent_run_id, data, log)
         if S.grid_complete(study, cfg):
             summarise_once(study, cfg, parent, log)

@@ -39,6 +39,7 @@ FAILED_CALLS = "tracking_failed_calls"  # metric: tracking calls that failed for
 FAILED_CALLS_FILE = "tracking/failed_calls.json"  # artifact: each of them, what and why
 EXPERIMENT_KIND, TRAINING_KIND = "mlflow.experimentKind", "custom_model_development"
 TABLES_TAG_LIMIT = 8000  # MLflow's cut of a tag value (the list of a run's tables)
+SQLITE_PREFIX = "sqlite:///"  # a local store file, opened under a lock (open_client)
 
 
 class MlflowTracker:
@@ -473,9 +474,6 @@ def open_client(tracking_uri: str | None = None):
     uri = tracking_uri or mlflow.get_tracking_uri()
     with _store_lock(uri):
         return MlflowClient(uri)
-
-
-SQLITE_PREFIX = "sqlite:///"
 
 
 @contextlib.contextmanager
