@@ -135,6 +135,20 @@ def test_every_mlproject_entry_point_is_a_valid_command_line():
     assert (report.run_id, report.sweep) == ("abc", "")  # "" = not given: cli passes `or None` on
 
 
+def test_vlmtrack_sweep_and_mlflow_run_sweep_default_to_one_config():
+    """`vlmtrack sweep` with no --config ran Config()'s grid (5e-5..2e-4, 1 epoch) while `mlflow run . -e sweep`
+    ran configs/demo_sweep.yaml: both now take the demo sweep's file."""
+    from mlflow.projects._project_spec import load_project
+
+    from vlmtrack.config import load_config
+
+    mlproject = load_project(str(REPO)).get_entry_point("sweep").parameters["config"].default
+    args = cli.build_parser().parse_args(["sweep"])
+    assert args.config == mlproject == cli.DEFAULT_SWEEP_CONFIG
+    cfg = load_config(REPO / args.config)
+    assert (cfg.sweep.lr, cfg.sweep.study_name, cfg.train.train_steps) == ([1.5e-3, 3e-3, 6e-3], "demo_sweep", 150)
+
+
 @pytest.mark.parametrize("command", ["train", "sweep"])
 def test_bad_data_is_refused_before_any_mlflow_run_exists(command, tiny_paths, tmp_path, store, capsys):
     """A bad record, a wrong image folder or a missing image costs seconds and leaves no FAILED run behind (it

@@ -23,6 +23,11 @@ An error prints one line (vlmtrack: error: ...), exit 1, or 2 for a bad command 
 """
 
 
+# `vlmtrack sweep` with no --config runs what `mlflow run . -e sweep` runs: MLproject's `config` default is
+# this file too (tests/test_cli.py holds them equal)
+DEFAULT_SWEEP_CONFIG = "configs/demo_sweep.yaml"
+
+
 def _overrides(args) -> list[str]:
     # MLproject passes all overrides as one string parameter; by hand they come as separate words
     return [item for word in args.overrides for item in shlex.split(word)]
@@ -114,17 +119,15 @@ def _sweep(args) -> None:
     from vlmtrack.model.backbone import load_tokenizer
     from vlmtrack.sweep.run import run_sweep
     from vlmtrack.tracking.mlflow_tracker import MlflowTracker
-    from vlmtrack.tracking.session import tracked_run
+    from vlmtrack.tracking.session import sweep_parent
 
     cfg = load_config(args.config, _overrides(args))
     fill_demo_defaults(cfg)
     check_inputs(cfg)  # before the sweep's MLflow run
     cfg.train.run_name = cfg.sweep.study_name
-    with tracked_run(cfg, args.config, training=False, experiment=args.experiment) as parent:
-        exp_id = parent.experiment_id
-        run_sweep(cfg, parent, lambda name, parent_id: MlflowTracker(run_name=name, parent_run_id=parent_id,
-                                                                     experiment_id=exp_id),
-                  load_tokenizer(cfg.model.llm, cfg.model.trust_remote_code))
+    run_sweep(cfg, sweep_parent(cfg, args.config, args.experiment),
+              lambda name, parent_id: MlflowTracker(run_name=name, parent_run_id=parent_id),  # beside its parent
+              load_tokenizer(cfg.model.llm, cfg.model.trust_remote_code))
 
 
 def _bench(args) -> None:
@@ -177,7 +180,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.set_defaults(func=_train)
     sweep = sub.add_parser("sweep", parents=[debug],
                            help="the LR x vision_ln grid as an Optuna study of nested MLflow runs")
-    sweep.add_argument("--config", default=None, help="YAML config with a sweep section (default: the demo)")
+    sweep.add_argument("--config", default=DEFAULT_SWEEP_CONFIG,
+                       help=f"YAML config with a sweep section (default: the demo's, {DEFAULT_SWEEP_CONFIG})")
     sweep.set_defaults(func=_sweep)
     for name, func, text in [("ablate", _ablate, "vision ablations on a saved connector checkpoint"),
                              ("golden", _golden, "golden-set captions from a saved connector checkpoint")]:

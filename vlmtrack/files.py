@@ -2,6 +2,8 @@
 so a process killed mid-write never leaves a half-written split, golden set, metrics or record file."""
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 from pathlib import Path
 
@@ -19,3 +21,15 @@ def write_json(path: Path, doc) -> None:
 
 def write_jsonl(path: Path, rows: list[dict]) -> None:
     write_atomic(path, "".join(json.dumps(r) + "\n" for r in rows))
+
+
+@contextlib.contextmanager
+def file_lock(path: Path):
+    """An exclusive lock between processes on one host, held on `path` (created if missing). The kernel
+    releases it when its holder dies, so a worker killed inside never leaves the others waiting."""
+    with open(path, "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)

@@ -38,7 +38,7 @@ def test_sweep_runs_each_grid_point_once_and_summarises(tiny_paths, tmp_path):
         return children[-1]
 
     tok = load_tokenizer(cfg.model.llm)
-    study = run_sweep(cfg, parent, make, tok, log=lambda *_: None)
+    study = run_sweep(cfg, lambda run_id: parent, make, tok, log=lambda *_: None)
     done = study.get_trials(states=(TrialState.COMPLETE,))
     assert sorted(S.point_key(t.params) for t in done) == sorted(
         S.point_key({"lr": lr, "vision_ln": ln}) for lr in (1e-3, 3e-3) for ln in (False, True))
@@ -60,10 +60,15 @@ def test_sweep_runs_each_grid_point_once_and_summarises(tiny_paths, tmp_path):
     assert wc["train"]["lr"] == winner.params["lr"] and wc["model"]["vision_ln"] == winner.params["vision_ln"]
     assert (tmp_path / "sweep" / "sweep_trial_summary.csv").read_text().count("\n") == 5
 
-    # a re-run on the same storage finds nothing left to do
-    again = run_sweep(cfg, tracker(), make, tok, log=lambda *_: None)
+    assert parent.status == "FINISHED" and study.user_attrs[S.PARENT_RUN] == parent.run_id
+
+    # a re-run on the same storage finds nothing left to do: it attaches to the study's parent run, and the
+    # summary is not written twice
+    opened = []
+    again = run_sweep(cfg, lambda run_id: opened.append(run_id) or tracker(), make, tok, log=lambda *_: None)
     assert len(again.get_trials(states=(TrialState.COMPLETE,))) == 4 and len(children) == 4
     assert not again.get_trials(states=(TrialState.WAITING, TrialState.RUNNING))
+    assert opened == [parent.run_id] and again.user_attrs[S.SUMMARY_BY] == S.worker_name()
 
 
 def test_worker_with_other_data_is_refused(tiny_paths, tmp_path):
@@ -72,7 +77,7 @@ def test_worker_with_other_data_is_refused(tiny_paths, tmp_path):
     study.set_user_attr("split_hash", "aaaa")
     study.set_user_attr("golden_hash", "bbbb")
     with pytest.raises(DataError, match="would not be comparable"):
-        run_sweep(cfg, tracker(), tracker, load_tokenizer(cfg.model.llm), log=lambda *_: None)
+        run_sweep(cfg, lambda run_id: tracker(), tracker, load_tokenizer(cfg.model.llm), log=lambda *_: None)
 
 
 def test_sweep_side_by_side_group(tiny_paths, tmp_path, monkeypatch):
@@ -83,6 +88,35 @@ def test_sweep_side_by_side_group(tiny_paths, tmp_path, monkeypatch):
     groups = []
     real = sweep_run.train_trials
     monkeypatch.setattr(sweep_run, "train_trials", lambda trials, log=print, **kw: groups.append(len(trials)) or real(trials, log, **kw))
-    study = run_sweep(cfg, tracker(), tracker, load_tokenizer(cfg.model.llm), log=lambda *_: None)
+    study = run_sweep(cfg, lambda run_id: tracker(), tracker, load_tokenizer(cfg.model.llm), log=lambda *_: None)
     assert groups == [4]  # the four grid points trained together, through one backbone pass per batch
     assert len(study.get_trials(states=(TrialState.COMPLETE,))) == 4
+
+
+def test_a_worker_leaving_early_ends_the_shared_parent_only_when_no_other_worker_runs(tiny_paths, tmp_path):
+    """The study's one parent run is shared: a worker that stops on an error leaves it RUNNING while another
+    worker has a trial running, and marks it FAILED (KILLED on Ctrl-C) when none has."""
+    from vlmtrack.sweep.run import ending_parent
+
+    cfg = sweep_cfg(tiny_paths, tmp_path)
+    study = S.open_study(cfg)
+    other = study.ask()  # a trial another worker is training
+    other.set_user_attr(S.WORKER, "elsewhere:1")
+    mine = study.ask()
+    mine.set_user_attr(S.WORKER, S.worker_name())  # this worker's own running trial does not count
+    parent = tracker()
+    with pytest.raises(RuntimeError):
+        with ending_parent(study, cfg, parent):
+            raise RuntimeError("storage went away")
+    assert parent.status == "RUNNING"
+    S.tell(study, other, failed=True)
+    for status, error in [("FAILED", RuntimeError("storage went away")), ("KILLED", KeyboardInterrupt())]:
+        parent = tracker()
+        with pytest.raises(type(error)):
+            with ending_parent(study, cfg, parent):
+                raise error
+        assert parent.status == status
+    parent = tracker()
+    with ending_parent(study, cfg, parent):  # no error, but the grid is not complete: a re-run is due
+        pass
+    assert parent.status == "FAILED" and "re-run the sweep" in parent.events[-1]["error"]

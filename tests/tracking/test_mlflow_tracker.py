@@ -112,3 +112,61 @@ def test_a_checkpoint_a_registered_model_uses_is_never_deleted(store, tmp_path):
     tr.delete_artifacts("checkpoints/step_8")
     tr.finish()
     assert [f.path for f in store.list_artifacts(tr.run_id, "checkpoints")] == ["checkpoints/step_4"]
+
+
+OPENER = """
+import os, sys, time
+from pathlib import Path
+from vlmtrack.tracking.mlflow_tracker import MlflowTracker
+
+folder, name, rounds = Path(sys.argv[1]), sys.argv[2], int(sys.argv[3])
+(folder / f"ready-{name}").touch()
+for i in range(rounds):
+    while not (folder / f"go{i}").exists():  # both workers start each round within a millisecond or two
+        time.sleep(0.001)
+    os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{folder}/mlflow{i}.db"
+    try:
+        MlflowTracker(experiment="sweep", run_name=name).finish()
+        (folder / f"done{i}-{name}").write_text("ok")
+    except Exception as e:
+        (folder / f"done{i}-{name}").write_text(f"{type(e).__name__}: {e}"[:300])
+"""
+
+
+def test_workers_started_together_on_a_fresh_sqlite_store_both_start(tmp_path):
+    """Two sweep workers opening one new local store at the same moment both create MLflow's schema unless
+    it is guarded; the loser died ("table ... already exists"). Three fresh stores, two processes each."""
+    import os
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    from mlflow import MlflowClient
+
+    rounds, repo = 3, Path(__file__).resolve().parents[2]
+    env = dict(os.environ, PYTHONPATH=str(repo))
+    env.pop("MLFLOW_RUN_ID", None)
+    procs = [subprocess.Popen([sys.executable, "-c", OPENER, str(tmp_path), name, str(rounds)], env=env)
+             for name in ("a", "b")]
+    try:
+        results = []
+        for i in range(-1, rounds):
+            deadline = time.time() + 120
+            wanted = [f"ready-{n}" if i < 0 else f"done{i}-{n}" for n in "ab"]
+            while not all((tmp_path / w).exists() for w in wanted) and time.time() < deadline:
+                assert all(p.poll() is None or (tmp_path / w).exists() for p, w in zip(procs, wanted)), \
+                    f"a worker exited before {wanted}"
+                time.sleep(0.01)
+            if i >= 0:
+                results.append([(tmp_path / w).read_text() for w in wanted])
+            if i + 1 < rounds:
+                (tmp_path / f"go{i + 1}").touch()
+    finally:
+        for p in procs:
+            p.wait(timeout=60)
+    assert results == [["ok", "ok"]] * rounds, results
+    for i in range(rounds):  # one experiment, both runs in it
+        client = MlflowClient(f"sqlite:///{tmp_path}/mlflow{i}.db")
+        exp = client.get_experiment_by_name("sweep")
+        assert len(client.search_runs([exp.experiment_id])) == 2

@@ -69,22 +69,38 @@ def one_by_one(trials: list[Trial], log=print) -> list[dict]:
     return results
 
 
-def run_sweep(cfg: Config, parent, make_tracker, tokenizer_for_hashes, log=print) -> optuna.Study:
+def run_sweep(cfg: Config, open_parent, make_tracker, tokenizer_for_hashes, log=print) -> optuna.Study:
     """One worker: queue what is missing, then pop queued grid points (a group at a time, trained side by
     side or one by one), tell Optuna each score; wait for other workers' running trials (a dead one's
-    is retried); write the summary when the grid is complete. `parent` is the sweep's tracker;
+    is retried); write the summary when the grid is complete. The study has one parent run, shared by its
+    workers: `open_parent(run_id)` opens it (None: a new one, for the study's first worker);
     `make_tracker(name, parent_run_id)` opens a nested run."""
     study = S.open_study(cfg)
     data = prepare_data(cfg, tokenizer_for_hashes, S.sweep_dir(cfg) / "shared")
     S.pin_hashes(study, data.split.eval_hash, data.golden_hash)
-    if "mlflow_parent_run_id" not in study.user_attrs and parent.run_id:
-        study.set_user_attr("mlflow_parent_run_id", parent.run_id)
-    parent_run_id = study.user_attrs.get("mlflow_parent_run_id", parent.run_id)
-    parent.set_tags({"optuna_study": cfg.sweep.study_name, "optuna_storage": S.storage_url(cfg).split("@")[-1],
-                     "split_hash": data.split.eval_hash, "golden_hash": data.golden_hash})
-    queued = S.enqueue_missing(study, cfg)
-    log(f"[sweep] study {cfg.sweep.study_name}: grid {S.grid(cfg)}; {queued} point(s) queued; "
-        f"storage {S.storage_url(cfg)}")
+    with S.study_lock(cfg):  # one parent run per study, however many workers start at once
+        parent = open_parent(study.user_attrs.get(S.PARENT_RUN))
+        if S.PARENT_RUN not in study.user_attrs and parent.run_id:
+            study.set_user_attr(S.PARENT_RUN, parent.run_id)
+    parent_run_id = study.user_attrs.get(S.PARENT_RUN, parent.run_id)
+    with ending_parent(study, cfg, parent):
+        with S.study_lock(cfg):  # and one queue
+            end_dead_runs(S.fail_stale(study), parent, cfg, log)
+            queued = S.enqueue_missing(study, cfg)
+        parent.set_tags({"optuna_study": cfg.sweep.study_name, "split_hash": data.split.eval_hash,
+                         "optuna_storage": S.storage_url(cfg).split("@")[-1], "golden_hash": data.golden_hash})
+        log(f"[sweep] study {cfg.sweep.study_name}: grid {S.grid(cfg)}; {queued} point(s) queued; "
+            f"storage {S.storage_url(cfg)}; parent run {parent_run_id}")
+        work(study, cfg, parent, make_tracker, parent_run_id, data, log)
+        if S.grid_complete(study, cfg):
+            summarise_once(study, cfg, parent, log)
+        else:
+            log("[sweep] some grid points failed: re-run the sweep to retry them")
+    return study
+
+
+def work(study: optuna.Study, cfg: Config, parent, make_tracker, parent_run_id, data, log) -> None:
+    """Trains queued points until none is queued and no other worker has one running."""
     group_size = choose_group_size(cfg, len(S.grid_points(cfg)), log)
     runner: TrialRunner = side_by_side if group_size > 1 else one_by_one
 
@@ -99,6 +115,8 @@ def run_sweep(cfg: Config, parent, make_tracker, tokenizer_for_hashes, log=print
         return Trial(tc, tracker, expected_hashes=(data.split.eval_hash, data.golden_hash))
 
     while True:
+        with S.study_lock(cfg):  # a dead worker's trial is failed and its point re-queued by one worker
+            end_dead_runs(S.fail_stale(study), parent, cfg, log)
         group = S.pop_trials(study, cfg, group_size)
         if not group:
             if not S.others_running(study):
@@ -120,12 +138,58 @@ def run_sweep(cfg: Config, parent, make_tracker, tokenizer_for_hashes, log=print
             tr.tracker.log_metrics({"score": result["score"]}, result["step"])
             tr.tracker.finish("FINISHED")
             note_tracking_losses(tr.out_dir / "metrics.json", tr.tracker)
-    if S.grid_complete(study, cfg):
+
+
+def end_dead_runs(stale: list, parent, cfg: Config, log) -> None:
+    """A worker killed with SIGKILL cannot end its trials' MLflow runs: the worker that finds them stale
+    marks them KILLED (their points are queued again, ahead of the rest)."""
+    for t in stale:
+        why = (f"worker {t.user_attrs.get(S.WORKER, '?')} stopped: no heartbeat for "
+               f"{4 * cfg.sweep.heartbeat_s:g} s; the point is queued again")
+        log(f"[sweep] trial {t.number} ({describe_point(t.params)}): {why}")
+        if t.user_attrs.get("mlflow_run_id"):
+            parent.end_run(t.user_attrs["mlflow_run_id"], "KILLED", why)
+
+
+def summarise_once(study: optuna.Study, cfg: Config, parent, log) -> None:
+    """The summary goes to the study's one parent run, written by the first worker to find the grid
+    complete (a re-run of a complete study finds it written)."""
+    with S.study_lock(cfg):
+        if S.SUMMARY_BY in study.user_attrs:
+            log(f"[sweep] grid complete; summary written by {study.user_attrs[S.SUMMARY_BY]}")
+            return
         write_summary(study, cfg, parent, log)
         log_study_plots(study, parent)
+        study.set_user_attr(S.SUMMARY_BY, S.worker_name())
+
+
+@contextlib.contextmanager
+def ending_parent(study: optuna.Study, cfg: Config, parent):
+    """The parent run is the study's: FINISHED once the grid is complete. A worker that leaves it
+    incomplete (failed points, an error, Ctrl-C) marks it FAILED or KILLED, unless another worker has a
+    trial running: then it stays RUNNING for them (a re-run attaches to it again)."""
+    def end(status: str, error: str) -> None:
+        try:
+            others = S.others_running(study)
+        except Exception:  # noqa: BLE001 - the storage is what failed: no one can be told apart
+            others = False
+        if others:
+            parent.finish("RUNNING")
+        else:
+            parent.finish(status, error)
+
+    try:
+        yield
+    except KeyboardInterrupt:
+        end("KILLED", "interrupted (Ctrl-C)")
+        raise
+    except BaseException as e:
+        end("FAILED", f"{type(e).__name__}: {e}\n{traceback.format_exc()[-3000:]}")
+        raise
+    if S.grid_complete(study, cfg):
+        parent.finish("FINISHED")
     else:
-        log("[sweep] some grid points failed: re-run the sweep to retry them")
-    return study
+        end("FAILED", "some grid points failed: re-run the sweep to retry them")
 
 
 def record_result(t: optuna.Trial, result: dict, cfg: Config) -> None:

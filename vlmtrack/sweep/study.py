@@ -3,16 +3,21 @@
 Exactly once, with several workers on one RDB storage (PostgreSQL), comes from the trial queue, not
 from GridSampler (whose docs warn it may suggest a configuration twice with several workers): every
 grid point is enqueued as a WAITING trial, and RDB storage hands a waiting trial to one worker only
-(its WAITING -> RUNNING update is atomic). Should two workers enqueue the same point at once, the
-lowest-numbered live trial of a point is the one that trains; the others stand down. A worker that
-dies leaves a RUNNING trial whose heartbeat goes stale: the next worker fails it and re-queues its
-point. A re-run re-queues every point that has no complete, running or waiting trial, so failed
-points are retried explicitly and finished ones never run again.
+(its WAITING -> RUNNING update is atomic). What must happen once per study (claiming the MLflow parent
+run, queueing the grid, failing and re-queueing a dead worker's trial, the summary) happens under the
+study lock (study_lock), so two workers started together queue the grid once. Should a point still be
+queued twice (a storage with no lock), the lowest-numbered live trial of a point is the one that
+trains; the others stand down. A worker that dies leaves a RUNNING trial whose heartbeat goes stale:
+the next worker fails it, re-queues its point ahead of the rest and ends the dead trial's MLflow run. A
+re-run re-queues every point that has no complete, running or waiting trial, so failed points are
+retried explicitly and finished ones never run again.
 """
 from __future__ import annotations
 
 import contextlib
 import copy
+import functools
+import hashlib
 import itertools
 import json
 import os
@@ -24,10 +29,11 @@ from pathlib import Path
 
 import optuna
 from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback, fail_stale_trials
-from optuna.trial import TrialState
+from optuna.trial import FrozenTrial, TrialState
 
 from vlmtrack.config import SWEEP_AXES, Config, set_axes
 from vlmtrack.data.llava import DataError
+from vlmtrack.files import file_lock
 
 # The heartbeat and stale-trial retry below are Optuna features vlmtrack relies on by design; their
 # ExperimentalWarnings, and the note that heartbeats are meant for Study.optimize (we ask and tell, with a
@@ -36,6 +42,10 @@ warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning
 warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used with Study.optimize")
 
 STOOD_DOWN = "stood_down"  # user attr of a trial that did not train: its point belongs to another trial
+PARENT_RUN = "mlflow_parent_run_id"  # study user attr: the one MLflow parent run all workers nest under
+SUMMARY_BY = "summary_written_by"  # study user attr: the worker that wrote the summary (once per study)
+WORKER = "worker"  # trial user attr: the worker (host:pid) training it
+MAX_RETRIES = 2  # times a dead worker's point is re-queued
 
 
 def grid(cfg: Config) -> dict[str, list]:
@@ -56,6 +66,20 @@ def storage_url(cfg: Config) -> str:
     return cfg.sweep.storage or f"sqlite:///{(sweep_dir(cfg) / 'optuna.db').resolve()}"
 
 
+class StaleTrials:
+    """The storage's stale-trial callback: re-queues a dead worker's point (Optuna's
+    RetryHeartbeatStaleTrialCallback) and keeps the trial, so that the worker that found it ends its
+    MLflow run (see fail_stale)."""
+
+    def __init__(self, max_retry: int = MAX_RETRIES):
+        self.retry = RetryHeartbeatStaleTrialCallback(max_retry=max_retry)
+        self.found: list[FrozenTrial] = []
+
+    def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
+        self.retry(study, trial)
+        self.found.append(trial)
+
+
 def open_study(cfg: Config, attempts: int = 5) -> optuna.Study:
     """Creates or loads the study. Workers started together race to create Optuna's schema in a fresh
     database; the loser's error is transient, so it retries."""
@@ -66,7 +90,7 @@ def open_study(cfg: Config, attempts: int = 5) -> optuna.Study:
     for attempt in range(attempts):
         try:
             storage = RDBStorage(storage_url(cfg), heartbeat_interval=beat, grace_period=4 * beat,
-                                 heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=2))
+                                 heartbeat_stale_trial_callback=StaleTrials())
             sampler = optuna.samplers.GridSampler(grid(cfg), seed=cfg.train.seed)
             return optuna.create_study(study_name=cfg.sweep.study_name, storage=storage, sampler=sampler,
                                        direction="minimize", load_if_exists=True)
@@ -74,6 +98,50 @@ def open_study(cfg: Config, attempts: int = 5) -> optuna.Study:
             if attempt == attempts - 1:
                 raise
             time.sleep(0.5 + random.random())
+
+
+def fail_stale(study: optuna.Study) -> list[FrozenTrial]:
+    """Fails the trials of dead workers (stale heartbeat), re-queues their points, and returns the
+    trials this call failed (each is failed by one worker only), for their MLflow runs to be ended."""
+    found = study._storage.get_heartbeat_stale_trial_callback()
+    fail_stale_trials(study)
+    out, found.found = found.found, []
+    return out
+
+
+@functools.lru_cache(maxsize=None)
+def _lock_engine(url: str):
+    import sqlalchemy
+
+    return sqlalchemy.create_engine(url, poolclass=sqlalchemy.pool.NullPool)
+
+
+@contextlib.contextmanager
+def study_lock(cfg: Config):
+    """Serialises what must happen once per study across its workers. Optuna has no compare-and-set on a
+    study, so the lock is the database's: a PostgreSQL advisory lock (the server drops it with the
+    connection of a worker that dies), or a file lock beside a SQLite storage (one host). Another
+    database gets none; the stand-down check in pop_trials still keeps each point trained once."""
+    url = storage_url(cfg)
+    if url.startswith("sqlite:///") and ":memory:" not in url:
+        with file_lock(Path(url[len("sqlite:///"):].split("?", 1)[0] + ".lock")):
+            yield
+        return
+    if not url.startswith("postgresql"):
+        yield
+        return
+    import sqlalchemy
+
+    digest = hashlib.sha256(f"vlmtrack study {cfg.sweep.study_name}".encode()).digest()
+    key = int.from_bytes(digest[:8], "big", signed=True)
+    with _lock_engine(url).connect() as conn:
+        conn.execute(sqlalchemy.text("SELECT pg_advisory_lock(:k)"), {"k": key})
+        conn.commit()
+        try:
+            yield
+        finally:
+            conn.execute(sqlalchemy.text("SELECT pg_advisory_unlock(:k)"), {"k": key})
+            conn.commit()
 
 
 def pin_hashes(study: optuna.Study, split_hash: str, golden_hash: str) -> None:
@@ -135,17 +203,28 @@ def tell(study: optuna.Study, trial: optuna.Trial, value: float | None = None, f
             raise
 
 
+def pop_waiting(study: optuna.Study) -> optuna.Trial | None:
+    """Takes one queued trial, a dead worker's re-queued point first, then the lowest number. Study.ask
+    takes the lowest number only, so a retried point waited behind the rest of the queue; the take itself
+    is the same compare-and-set (WAITING -> RUNNING) as in Study.ask."""
+    waiting = study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
+    for t in sorted(waiting, key=lambda t: ("failed_trial" not in t.system_attrs, t.number)):
+        try:
+            if study._storage.set_trial_state_values(t._trial_id, state=TrialState.RUNNING):
+                return optuna.Trial(study, t._trial_id)
+        except optuna.exceptions.UpdateFinishedTrialError:
+            continue
+    return None
+
+
 def pop_trials(study: optuna.Study, cfg: Config, k: int) -> list[optuna.Trial]:
     """Up to k queued trials for this worker (and none that another trial owns)."""
-    fail_stale_trials(study)  # dead workers' trials -> FAIL, their points queued again
     out = []
-    while len(out) < k and study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
-        trial = study.ask()
-        if "fixed_params" not in study._storage.get_trial_system_attrs(trial._trial_id):
-            # the queue emptied under us and ask() made a sampler trial: not ours to train
-            trial.set_user_attr(STOOD_DOWN, "not from the queue")
-            tell(study, trial, failed=True)
+    while len(out) < k:
+        trial = pop_waiting(study)
+        if trial is None:
             break
+        trial.set_user_attr(WORKER, worker_name())
         for axis in SWEEP_AXES:
             trial.suggest_categorical(axis.name, axis.values(cfg))
         if stands_down(study, trial):
@@ -157,7 +236,10 @@ def pop_trials(study: optuna.Study, cfg: Config, k: int) -> list[optuna.Trial]:
 
 
 def others_running(study: optuna.Study) -> bool:
-    return bool(study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)))
+    """Another worker has a trial running (a dead worker's counts until its heartbeat goes stale)."""
+    me = worker_name()
+    return any(t.user_attrs.get(WORKER) != me
+               for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)))
 
 
 def grid_complete(study: optuna.Study, cfg: Config) -> bool:

@@ -22,6 +22,7 @@ class Tracker(Protocol):
     def log_artifact(self, path: Path, artifact_path: str | None = None) -> None: ...
     def log_figure(self, figure, artifact_file: str) -> None: ...
     def delete_artifacts(self, artifact_path: str, run_id: str | None = None) -> None: ...
+    def end_run(self, run_id: str, status: str, error: str) -> None: ...
     def finish(self, status: str = "FINISHED", error: str | None = None) -> None: ...
 
 
@@ -87,6 +88,9 @@ class JsonlTracker:
             shutil.rmtree(self.artifact_dir / artifact_path, ignore_errors=True)
         self._emit("delete", artifact_path=artifact_path, run_id=run_id)
 
+    def end_run(self, run_id: str, status: str, error: str) -> None:
+        self._emit("end_run", run_id=run_id, status=status, error=error)
+
     def finish(self, status: str = "FINISHED", error: str | None = None) -> None:
         if self.status:  # the first status wins
             return
@@ -106,4 +110,5 @@ class NullTracker:
     def log_artifact(self, path, artifact_path=None): pass
     def log_figure(self, figure, artifact_file): pass
     def delete_artifacts(self, artifact_path, run_id=None): pass
+    def end_run(self, run_id, status, error): pass
     def finish(self, status="FINISHED", error=None): pass

@@ -7,6 +7,7 @@ counted); any other failing call is reported and dropped. The run never dies for
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import posixpath
@@ -17,6 +18,8 @@ import threading
 import time
 from collections import deque
 from pathlib import Path
+
+from vlmtrack.files import file_lock
 
 DEFAULT_EXPERIMENT = "vlmtrack"
 METRIC_FLUSH_S = 5.0
@@ -36,17 +39,16 @@ FAILED_CALLS = "tracking_failed_calls"  # metric: tracking calls that failed for
 FAILED_CALLS_FILE = "tracking/failed_calls.json"  # artifact: each of them, what and why
 EXPERIMENT_KIND, TRAINING_KIND = "mlflow.experimentKind", "custom_model_development"
 TABLES_TAG_LIMIT = 8000  # MLflow's cut of a tag value (the list of a run's tables)
+SQLITE_PREFIX = "sqlite:///"  # a local store file, opened under a lock (open_client)
 
 
 class MlflowTracker:
     def __init__(self, run_id: str | None = None, experiment: str | None = None, run_name: str | None = None,
                  parent_run_id: str | None = None, tags: dict | None = None, tracking_uri: str | None = None,
                  experiment_id: str | None = None):
-        from mlflow import MlflowClient
-
         for name, value in HTTP_BOUNDS.items():
             os.environ.setdefault(name, value)
-        self.client = MlflowClient(tracking_uri)
+        self.client = open_client(tracking_uri)
         if not run_id and not parent_run_id:  # a nested run is always new, also under `mlflow run`
             run_id = os.environ.get("MLFLOW_RUN_ID")
         if run_id:  # `mlflow run` created the run and passes it on: attach to it
@@ -92,9 +94,21 @@ class MlflowTracker:
             _warn(f"could not tag the experiment as model training: {_first_line(e)}")
 
     def _experiment_id(self, experiment: str | None) -> str:
+        """The experiment's id, created if missing. Workers started together may both find it missing:
+        the one whose create is refused takes the other's."""
+        from mlflow.exceptions import MlflowException
+
         name = experiment or os.environ.get("MLFLOW_EXPERIMENT_NAME") or DEFAULT_EXPERIMENT
         exp = self.client.get_experiment_by_name(name)
-        return exp.experiment_id if exp else self.client.create_experiment(name)
+        if exp:
+            return exp.experiment_id
+        try:
+            return self.client.create_experiment(name)
+        except MlflowException:
+            exp = self.client.get_experiment_by_name(name)
+            if exp is None:
+                raise
+            return exp.experiment_id
 
     @property
     def experiment_id(self) -> str:
@@ -408,9 +422,24 @@ class MlflowTracker:
         self.client.log_batch(previous_run_id, tags=[RunTag("resumed_by_run_id", self.run_id)])
         self.client.log_batch(self.run_id, tags=[RunTag("resumed_from_run_id", previous_run_id)])
 
+    def end_run(self, run_id: str, status: str, error: str) -> None:
+        """Ends another run of this store whose process died (a SIGKILLed sweep worker cannot end its
+        trial's run) with `status` and an `error` tag, unless it has ended already. Queued like any call:
+        a failure is counted and recorded on this run."""
+        self._submit("end_run", lambda: self._end_run(run_id, status, error))
+
+    def _end_run(self, run_id: str, status: str, error: str) -> None:
+        from mlflow.entities import RunTag
+
+        if self.client.get_run(run_id).info.status != "RUNNING":
+            return
+        self.client.log_batch(run_id, tags=[RunTag("error", error[:5000])])
+        self.client.set_terminated(run_id, status)
+
     def finish(self, status: str = "FINISHED", error: str | None = None) -> None:
         """Delivers what is queued (waiting up to FINISH_WAIT_S for an away server; what is still held
-        then is counted lost), marks the run, and says what tracking lost, if anything."""
+        then is counted lost), marks the run, and says what tracking lost, if anything. RUNNING leaves the
+        run running: a sweep's parent run that other workers still use."""
         from mlflow.entities import RunTag
 
         if self.finished:  # the first status wins (e.g. FAILED set by the loop before it raised)
@@ -425,12 +454,38 @@ class MlflowTracker:
         if self._worker.is_alive():
             _warn(f"a tracking call is still running after {FINISH_WAIT_S + 30:g} s; its data may not arrive")
         try:
-            self.client.set_terminated(self.run_id, status)
+            if status != "RUNNING":
+                self.client.set_terminated(self.run_id, status)
         except Exception as e:
             _warn(f"could not mark run {self.run_id} {status}: {_first_line(e)}")
         if self.lost_metrics or self.errors:
             _warn(f"run {self.run_id}: {self.lost_metrics} metric values lost ({LOST_METRICS}), "
                   f"{len(self.errors)} tracking calls failed")
+
+
+def open_client(tracking_uri: str | None = None):
+    """An MlflowClient on `tracking_uri` (default: MLflow's own, MLFLOW_TRACKING_URI included). Opening a
+    local sqlite store creates or migrates its schema, and MLflow does that unguarded: two workers
+    started together on a fresh store both create the tables and one dies ("table ... already exists").
+    So a sqlite store is opened under a file lock beside it; once the schema is there, opening is a check."""
+    import mlflow
+    from mlflow import MlflowClient
+
+    uri = tracking_uri or mlflow.get_tracking_uri()
+    with _store_lock(uri):
+        return MlflowClient(uri)
+
+
+@contextlib.contextmanager
+def _store_lock(uri: str):
+    """Holds a lock on `<db>.init-lock` beside a sqlite store's file (nothing for other stores: a server
+    or a PostgreSQL store serialises its own schema changes)."""
+    db = Path(uri[len(SQLITE_PREFIX):].split("?", 1)[0]) if uri.startswith(SQLITE_PREFIX) else None
+    if db is None or ":memory:" in str(db) or not db.parent.is_dir():  # nothing shared, or MLflow's own error
+        yield
+        return
+    with file_lock(Path(f"{db}.init-lock")):
+        yield
 
 
 def _coalesce_metrics(held: deque) -> tuple:

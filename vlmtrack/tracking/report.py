@@ -14,7 +14,7 @@ from pathlib import Path
 
 from vlmtrack.data.golden import GOLDEN_TABLE_DIR, is_latest_golden_table, legacy_golden_table_step
 from vlmtrack.eval.ablations import order_text
-from vlmtrack.tracking.mlflow_tracker import DEFAULT_EXPERIMENT
+from vlmtrack.tracking.mlflow_tracker import DEFAULT_EXPERIMENT, open_client
 from vlmtrack.tracking.sweep_table import format_table
 
 PARENT_TAG = "mlflow.parentRunId"
@@ -34,10 +34,9 @@ class Report:
 
 def _client(tracking_uri: str | None):
     import mlflow
-    from mlflow import MlflowClient
 
     uri = tracking_uri or mlflow.get_tracking_uri()
-    return MlflowClient(uri), uri
+    return open_client(uri), uri
 
 
 def _get_run(client, uri: str, run_id: str):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import subprocess
 from pathlib import Path
 
@@ -14,7 +15,7 @@ from vlmtrack.config import Config
 from vlmtrack.files import write_json
 from vlmtrack.tracking.base import finishing
 from vlmtrack.tracking.figures import ablation_bars, eval_loss_by_bucket
-from vlmtrack.tracking.mlflow_tracker import MlflowTracker
+from vlmtrack.tracking.mlflow_tracker import MlflowTracker, open_client
 
 
 def git_commit() -> str:
@@ -38,9 +39,9 @@ def record_attempt(cfg: Config, tracker: MlflowTracker) -> None:
     write_json(path, attempts)
 
 
-@contextlib.contextmanager
-def tracked_run(cfg: Config, config_file: str | None = None, training: bool = True, **tracker_kw):
-    """`training` runs record their attempt in the output dir (see record_attempt)."""
+def open_run(cfg: Config, config_file: str | None = None, training: bool = True, **tracker_kw) -> MlflowTracker:
+    """The run, created or attached to, with its provenance; `training` runs record their attempt in
+    the output dir (see record_attempt)."""
     tracker = MlflowTracker(run_name=cfg.train.run_name, **tracker_kw)
     if training:
         record_attempt(cfg, tracker)
@@ -48,10 +49,42 @@ def tracked_run(cfg: Config, config_file: str | None = None, training: bool = Tr
                       "output_dir": str(cfg.output_dir.resolve())})
     if config_file:
         tracker.log_artifact(Path(config_file), "config")
+    return tracker
+
+
+@contextlib.contextmanager
+def tracked_run(cfg: Config, config_file: str | None = None, training: bool = True, **tracker_kw):
+    tracker = open_run(cfg, config_file, training, **tracker_kw)
     with finishing(tracker):
         yield tracker
     if training:
         note_tracking_losses(cfg.output_dir / "metrics.json", tracker)
+
+
+class SweepStoreError(RuntimeError):
+    """The study's parent run is not in this worker's tracking store."""
+
+
+def sweep_parent(cfg: Config, config_file: str | None = None, experiment: str | None = None):
+    """How a sweep worker opens its study's one parent run: `open_parent(None)` creates it (the study's
+    first worker; under `mlflow run`, the run mlflow made), `open_parent(run_id)` attaches to it. A run
+    `mlflow run` made for a later worker is left empty, tagged with the parent its trials went under."""
+    def open_parent(run_id: str | None) -> MlflowTracker:
+        if run_id is None:
+            return open_run(cfg, config_file, training=False, experiment=experiment)
+        client = open_client()
+        try:
+            client.get_run(run_id)
+        except Exception as e:  # noqa: BLE001 - MLflow's "not found" is one of several exception types
+            raise SweepStoreError(
+                f"study '{cfg.sweep.study_name}' has its MLflow parent run {run_id} in another tracking store "
+                f"than this worker's ({client.tracking_uri}): {type(e).__name__}. Every worker of a study logs "
+                "to one store: set the same MLFLOW_TRACKING_URI (on several hosts, a tracking server)") from None
+        own = os.environ.get("MLFLOW_RUN_ID")
+        if own and own != run_id:
+            client.set_tag(own, "sweep_parent_run_id", run_id)
+        return open_run(cfg, config_file, training=False, run_id=run_id)
+    return open_parent
 
 
 def note_tracking_losses(path: Path, tracker) -> None:
