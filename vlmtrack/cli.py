@@ -6,7 +6,7 @@ import shlex
 import sys
 import traceback
 
-from vlmtrack.config import ConfigError, load_config
+from vlmtrack.config import ConfigError, check_sweep, load_config
 
 DESCRIPTION = """Train and judge the connector of a vision-language model (stage-1 alignment), tracked in MLflow.
 
@@ -117,6 +117,7 @@ def _sweep(args) -> None:
     from vlmtrack.tracking.session import tracked_run
 
     cfg = load_config(args.config, _overrides(args))
+    check_sweep(cfg)
     fill_demo_defaults(cfg)
     check_inputs(cfg)  # before the sweep's MLflow run
     cfg.train.run_name = cfg.sweep.study_name

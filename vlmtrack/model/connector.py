@@ -47,3 +47,34 @@ class Connector(nn.Module):
         for block in self.blocks:
             latents = block(latents, x)
         return self.proj_out(self.norm_out(latents))
+
+
+def connector_from_config(config: dict) -> nn.Module:
+    """The connector a checkpoint's connector.json describes (no `kind`: the resampler, as before it had one)."""
+    from vlmtrack.model.idefics2_connector import KIND, Idefics2StyleConnector
+
+    config = dict(config)
+    kind = config.pop("kind", "resampler")
+    return Idefics2StyleConnector(**config) if kind == KIND else Connector(**config)
+
+
+def visual_length(m) -> int:
+    """Positions a connector of model config m fills per image: its latents, and for idefics2 a boundary
+    token on each side."""
+    return m.num_latents + (2 if m.connector == "idefics2" else 0)
+
+
+def new_connector(m, backbone) -> nn.Module:
+    """A fresh connector for model config m (ModelConfig) between the backbone's towers."""
+    from vlmtrack.model.idefics2_connector import KIND, Idefics2StyleConnector
+
+    if m.connector != KIND:
+        return Connector(backbone.vision_dim, backbone.llm_dim, m.num_latents, m.resampler_depth,
+                         m.resampler_heads, m.resampler_ffn_mult, m.vision_ln)
+    text = backbone.llm.config
+    connector = Idefics2StyleConnector(backbone.vision_dim, backbone.llm_dim, text.intermediate_size,
+                                       text.hidden_act, text.rms_norm_eps, m.num_latents, m.resampler_depth,
+                                       m.resampler_heads)
+    with torch.no_grad():  # the boundary token starts where the LLM's own row for it is
+        connector.boundary.copy_(backbone.llm.get_input_embeddings().weight[backbone.boundary_token_id])
+    return connector
