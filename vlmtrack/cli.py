@@ -14,6 +14,7 @@ DESCRIPTION = """Train and judge the connector of a vision-language model (stage
     vlmtrack sweep   [--config FILE] [section.key=value ...]   the LR x vision_ln sweep (Optuna + nested runs)
     vlmtrack ablate  CHECKPOINT [section.key=value ...]         vision ablations on a saved connector
     vlmtrack golden  CHECKPOINT [section.key=value ...]         golden captions from a saved connector
+    vlmtrack export  CHECKPOINT OUT_DIR                         an idefics2 checkpoint as a transformers model folder
     vlmtrack report  [RUN_ID] [--experiment NAME]               eval loss, golden items, sweep table from MLflow
     vlmtrack bench   [--preset small|large] ...                 training throughput on reference shapes
     vlmtrack build-demo                                         build the embedded demo assets
@@ -108,6 +109,18 @@ def _golden(args) -> None:
             GoldenTables().log(tracker, records, lc.step, lc.data.image_root)
 
 
+def _export(args) -> None:
+    from pathlib import Path
+
+    from vlmtrack.eval.checkpoint_eval import fetch
+    from vlmtrack.model.idefics2_export import export_idefics2
+    from vlmtrack.tracking.artifacts import download_checkpoint, is_artifact_uri
+
+    uri = args.checkpoint
+    folder, config = download_checkpoint(uri) if is_artifact_uri(uri) else fetch(Path(uri))
+    export_idefics2(folder, Path(args.out_dir), load_config(config).model.trust_remote_code)
+
+
 def _sweep(args) -> None:
     from vlmtrack.data.pipeline import check_inputs
     from vlmtrack.demo.assets import fill_demo_defaults
@@ -189,6 +202,12 @@ def build_parser() -> argparse.ArgumentParser:
     for cmd in (train, sweep, *[sub.choices[n] for n in ("ablate", "golden")]):
         cmd.add_argument("--experiment", default=None, help="MLflow experiment (default: vlmtrack)")
         cmd.add_argument("overrides", nargs="*", help="section.key=value, e.g. train.lr=2e-4 model.vision_ln=true")
+    export = sub.add_parser("export", parents=[debug],
+                            help="a model.connector=idefics2 checkpoint as an Idefics2ForConditionalGeneration "
+                                 "+ processor folder (transformers alone loads it)")
+    export.add_argument("checkpoint", help="checkpoints/step_N folder or runs:/<run_id>/checkpoints/step_N")
+    export.add_argument("out_dir", help="the folder to write (new or empty)")
+    export.set_defaults(func=_export)
     report = sub.add_parser("report", parents=[debug],
                             help="a run's eval loss by bucket, golden items and the sweep table, from MLflow alone")
     report.add_argument("run_id", nargs="?", default=None,

@@ -12,6 +12,7 @@ import torch
 from safetensors.torch import load_file
 
 from tests.helpers.tiny_models import tiny_config
+from vlmtrack import cli
 from vlmtrack.config import ConfigError, check_sweep, load_config
 from vlmtrack.data.loader import loader
 from vlmtrack.data.prompt import BOUNDARY_TOKEN, expanded_prompt_ids
@@ -20,7 +21,8 @@ from vlmtrack.eval.evaluate import evaluate
 from vlmtrack.eval.golden_gen import generate_golden
 from vlmtrack.model.backbone import ModelLoadError, load_backbone
 from vlmtrack.model.connector_io import load_connector_weights
-from vlmtrack.model.idefics2_export import ExportError, export_idefics2
+from vlmtrack.model.connector import new_connector
+from vlmtrack.model.idefics2_export import ExportError, check_image_features, export_idefics2, idefics2_model
 from vlmtrack.tracking.base import JsonlTracker
 from vlmtrack.train import loop
 
@@ -89,13 +91,21 @@ def test_export_loads_without_vlmtrack_and_scores_and_captions_as_vlmtrack_does(
     assert not torch.equal(exported["lm_head.weight"][boundary], weights["boundary"])
 
 
-def test_export_refuses_a_resampler_checkpoint(tiny_paths, tmp_path):
+def test_vlmtrack_export_refuses_a_resampler_checkpoint_and_a_folder_in_use(tiny_paths, tmp_path, capsys):
     cfg = tiny_config(tiny_paths, tmp_path / "run", train_steps=2, save_every=2, quick_eval_steps=0,
                       run_golden_every="never", full_eval_every="never")
     cfg.eval.run_ablations = False
     loop.train(cfg, JsonlTracker(), log=lambda *_: None)
-    with pytest.raises(ExportError, match="model.connector=resampler checkpoint.*train with model.connector=idefics2"):
-        export_idefics2(tmp_path / "run" / "checkpoints" / "step_2", tmp_path / "export")
+    folder = tmp_path / "run" / "checkpoints" / "step_2"
+    assert cli.main(["export", str(folder), str(tmp_path / "export")]) == 1
+    assert capsys.readouterr().err.strip() == (
+        f"vlmtrack: error: '{folder}' is a model.connector=resampler checkpoint, which has no transformers "
+        "equivalent: train with model.connector=idefics2 to export")
+    assert not (tmp_path / "export").exists()
+    (tmp_path / "used").mkdir()
+    (tmp_path / "used" / "model-00001-of-00002.safetensors").write_text("an earlier export's shard")
+    with pytest.raises(ExportError, match="'.*used' exists and is not an empty folder: give a new one"):
+        export_idefics2(folder, tmp_path / "used")
 
 
 @pytest.mark.parametrize("override, message", [
@@ -135,3 +145,17 @@ def test_idefics2_tokens_get_rows_that_change_no_old_logit(tiny_paths):
     assert new.shape[0] == old.shape[0] + 3 == len(bb.tokenizer)  # <image>, the boundary, <end_of_utterance>
     assert torch.equal(new[: old.shape[0]], old) and torch.allclose(new[old.shape[0]:], old.mean(0).expand(3, -1))
     assert bb.visual_token_ids == (bb.boundary_token_id, bb.image_token_id)
+
+
+def test_the_export_checks_its_image_tokens_against_trainings(tiny_paths):
+    """The mapped model's image path equals training's exactly; a tower weight mapped wrong is caught."""
+    cfg = load_config(None, ["model.connector=idefics2", "model.num_latents=4", "model.resampler_depth=1",
+                             "model.resampler_heads=2"])
+    bb = load_backbone(str(tiny_paths["llm"]), str(tiny_paths["vision"]), connector="idefics2")
+    connector = new_connector(cfg.model, bb)
+    model = idefics2_model(bb, connector)
+    check_image_features(bb, connector, model, tol=0.0)
+    with torch.no_grad():
+        model.model.vision_model.encoder.layers[0].layer_norm1.bias += 0.1
+    with pytest.raises(ExportError, match="image tokens differ from training's by .* the vision tower does not map"):
+        check_image_features(bb, connector, model)

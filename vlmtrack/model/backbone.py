@@ -91,7 +91,9 @@ class Backbone:
     @property
     def visual_token_ids(self) -> tuple[int, ...]:
         """The ids whose positions hold the connector's output rather than a token embedding."""
-        return (self.image_token_id,) if self.boundary_token_id is None else (self.boundary_token_id, self.image_token_id)
+        if self.boundary_token_id is None:
+            return (self.image_token_id,)
+        return self.boundary_token_id, self.image_token_id
 
     @property
     def llm_dim(self) -> int:

@@ -57,7 +57,10 @@ class ExportError(ValueError):
 
 
 def export_idefics2(folder: Path, out_dir: Path, trust_remote_code: bool = False, log=print) -> Path:
-    """Writes the export of checkpoint folder `folder` into out_dir; returns out_dir."""
+    """Writes the export of checkpoint folder `folder` into out_dir (new or empty); returns out_dir."""
+    if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
+        raise ExportError(f"'{out_dir}' exists and is not an empty folder: give a new one (an export's files never "
+                          "mix with others, such as an earlier export's shards)")
     weights, meta = load_connector_weights(folder)
     config = meta["connector"]
     if config.get("kind", "resampler") != KIND:
@@ -67,6 +70,7 @@ def export_idefics2(folder: Path, out_dir: Path, trust_remote_code: bool = False
     connector = connector_from_config(config)
     connector.load_state_dict(weights)
     model = idefics2_model(backbone, connector)
+    check_image_features(backbone, connector, model)
     processor = idefics2_processor(backbone, config["num_latents"])
     out_dir.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out_dir)
@@ -106,10 +110,25 @@ def idefics2_model(backbone: Backbone, connector: Idefics2StyleConnector) -> Ide
     return model.eval()
 
 
+@torch.no_grad()
+def check_image_features(backbone: Backbone, connector: Idefics2StyleConnector, model, tol: float = 1e-4) -> None:
+    """The export's image path (Idefics2's vision model, which numbers patch positions its own way, then the
+    connector) against training's (the SigLIP tower, then the connector), on one random image."""
+    size = model.config.vision_config.image_size
+    pixels = torch.randn(1, 3, size, size, generator=torch.Generator().manual_seed(0))
+    ours = connector(backbone.vision_features(pixels))[:, 1:-1]
+    theirs = model.model.get_image_features(pixels.unsqueeze(1)).pooler_output[0].unsqueeze(0)
+    err = float((ours - theirs).abs().max() / ours.abs().max().clamp_min(1e-12))
+    if err > tol:
+        raise ExportError(f"the exported model's image tokens differ from training's by {err:.2e} (relative; "
+                          f"at most {tol:g} allowed): the vision tower does not map onto Idefics2's")
+
+
 def image_processor_like(image_processor):
     """Idefics2's image processor doing what the training tower's did: the same fixed size, resampling,
     scale and normalisation, the same backend (PIL or torchvision); no splitting, no aspect-ratio resize."""
-    from transformers.models.idefics2 import image_processing_idefics2, image_processing_pil_idefics2
+    from transformers.models.idefics2.image_processing_idefics2 import Idefics2ImageProcessor
+    from transformers.models.idefics2.image_processing_pil_idefics2 import Idefics2ImageProcessorPil
 
     p = image_processor
     size = p.size if isinstance(p.size, dict) else {k: getattr(p.size, k, None) for k in ("height", "width")}
@@ -117,7 +136,7 @@ def image_processor_like(image_processor):
         raise ExportError(f"the vision tower's image processor ({type(p).__name__}, size {size}) does not resize to a "
                           "fixed height x width without cropping, which Idefics2's processor cannot repeat")
     pil = type(p).__name__.endswith("Pil")
-    cls = image_processing_pil_idefics2.Idefics2ImageProcessorPil if pil else image_processing_idefics2.Idefics2ImageProcessor
+    cls = Idefics2ImageProcessorPil if pil else Idefics2ImageProcessor
     return cls(do_resize=True, size={"height": size["height"], "width": size["width"]}, resample=p.resample,
                do_rescale=p.do_rescale, rescale_factor=p.rescale_factor, do_normalize=p.do_normalize,
                image_mean=p.image_mean, image_std=p.image_std, do_convert_rgb=True, do_pad=True,
