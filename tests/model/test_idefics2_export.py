@@ -118,12 +118,14 @@ def test_settings_without_an_idefics2_equivalent_are_refused(override, message):
     load_config(None, [override])  # the resampler takes them
 
 
-def test_an_unknown_connector_and_a_sweep_over_vision_ln_are_refused():
+def test_an_unknown_connector_and_a_sweep_over_vision_ln_are_refused(capsys):
     with pytest.raises(ConfigError, match="model.connector must be resampler or idefics2, got 'perceiver'"):
         load_config(None, ["model.connector=perceiver"])
     with pytest.raises(ConfigError, match=r"sweep.vision_ln=\[False, True\] holds true.*sweep.vision_ln=\[false\]"):
         check_sweep(load_config(None, ["model.connector=idefics2"]))
     check_sweep(load_config(None, ["model.connector=idefics2", "sweep.vision_ln=[false]"]))
+    assert cli.main(["sweep", "model.connector=idefics2"]) == 2  # before the demo assets or an MLflow run
+    assert "set sweep.vision_ln=[false]" in capsys.readouterr().err
 
 
 def test_a_clip_tower_is_refused(tiny_paths, tmp_path):

@@ -127,16 +127,15 @@ def check_image_features(backbone: Backbone, connector: Idefics2StyleConnector, 
 def image_processor_like(image_processor):
     """Idefics2's image processor doing what the training tower's did: the same fixed size, resampling,
     scale and normalisation, the same backend (PIL or torchvision); no splitting, no aspect-ratio resize."""
-    from transformers.models.idefics2.image_processing_idefics2 import Idefics2ImageProcessor
-    from transformers.models.idefics2.image_processing_pil_idefics2 import Idefics2ImageProcessorPil
-
     p = image_processor
     size = p.size if isinstance(p.size, dict) else {k: getattr(p.size, k, None) for k in ("height", "width")}
     if not (size.get("height") and size.get("width")) or getattr(p, "do_center_crop", False):
         raise ExportError(f"the vision tower's image processor ({type(p).__name__}, size {size}) does not resize to a "
                           "fixed height x width without cropping, which Idefics2's processor cannot repeat")
-    pil = type(p).__name__.endswith("Pil")
-    cls = Idefics2ImageProcessorPil if pil else Idefics2ImageProcessor
+    if type(p).__name__.endswith("Pil"):  # training ran PIL (no torchvision): the torchvision module would not import
+        from transformers.models.idefics2.image_processing_pil_idefics2 import Idefics2ImageProcessorPil as cls
+    else:
+        from transformers.models.idefics2.image_processing_idefics2 import Idefics2ImageProcessor as cls
     return cls(do_resize=True, size={"height": size["height"], "width": size["width"]}, resample=p.resample,
                do_rescale=p.do_rescale, rescale_factor=p.rescale_factor, do_normalize=p.do_normalize,
                image_mean=p.image_mean, image_std=p.image_std, do_convert_rgb=True, do_pad=True,
