@@ -40,6 +40,9 @@ class DataConfig:
     on_bad_image: str = "skip"  # skip | fail: a train image that cannot be decoded during training
 
 
+RESAMPLER, IDEFICS2 = "resampler", "idefics2"  # model.connector's values, and a checkpoint's connector kind
+
+
 @dataclass
 class ModelConfig:
     llm: str = ""  # hub id or local path; "" = the embedded demo LM
@@ -51,7 +54,7 @@ class ModelConfig:
     vision_ln: bool = False
     # resampler (vlmtrack's own) | idefics2 (transformers' Idefics2Connector: exports as an
     # Idefics2ForConditionalGeneration, `vlmtrack export`)
-    connector: str = "resampler"
+    connector: str = RESAMPLER
     trust_remote_code: bool = False  # run a hub repo's own Python code: only for repos you trust
 
 
@@ -333,7 +336,7 @@ def validate(cfg: Config) -> None:
         ("train.lr_schedule", t.lr_schedule, ("constant", "cosine")),
         ("train.run_golden_every", t.run_golden_every, ("save", "epoch", "end", "never")),
         ("eval.golden_decode", e.golden_decode, ("auto", "generate", "static")),
-        ("model.connector", m.connector, ("resampler", "idefics2")),
+        ("model.connector", m.connector, (RESAMPLER, IDEFICS2)),
     ]:
         if value not in choices:
             problems.append(f"{name} must be {', '.join(choices[:-1])} or {choices[-1]}, got '{value}'")
@@ -374,7 +377,7 @@ def validate(cfg: Config) -> None:
 def idefics2_problems(cfg: Config) -> list[str]:
     """Settings with no place in Idefics2's connector, so no place in its export: refused before a run."""
     m = cfg.model
-    if m.connector != "idefics2":
+    if m.connector != IDEFICS2:
         return []
     problems = []
     if m.vision_ln:
@@ -389,7 +392,7 @@ def idefics2_problems(cfg: Config) -> list[str]:
 
 def check_sweep(cfg: Config) -> None:
     """A sweep grid every point of which the connector can train (a trial's point bypasses validate)."""
-    if cfg.model.connector == "idefics2" and True in cfg.sweep.vision_ln:
+    if cfg.model.connector == IDEFICS2 and True in cfg.sweep.vision_ln:
         raise ConfigError(f"sweep.vision_ln={cfg.sweep.vision_ln} holds true, which model.connector=idefics2 refuses "
                           "(Idefics2 has no vision_ln): set sweep.vision_ln=[false]")
 

@@ -16,7 +16,7 @@ from vlmtrack.data.pipeline import RunData, prepare_data
 from vlmtrack.data.loader import chunks, seeded_subset
 from vlmtrack.model.backbone import Backbone, load_backbone
 from vlmtrack.model.connector import connector_from_config
-from vlmtrack.model.connector_io import WEIGHTS_FILE, load_connector_weights, run_dir_of
+from vlmtrack.model.connector_io import WEIGHTS_FILE, connector_kind, load_connector_weights, run_dir_of
 from vlmtrack.runtime.device import device_and_dtype
 
 
@@ -42,7 +42,7 @@ def load_checkpoint(folder: Path, config_path: Path, overrides: list[str] = ()) 
     cfg = load_config(config_path, overrides)
     weights, meta = load_connector_weights(folder)
     device, dtype = device_and_dtype(cfg)
-    kind = meta["connector"].get("kind", "resampler")
+    kind = connector_kind(meta["connector"])
     backbone = load_backbone(meta["llm"], meta["vision"], dtype, cfg.model.trust_remote_code, kind).to(device)
     connector = connector_from_config(meta["connector"]).to(device)
     connector.load_state_dict(weights)

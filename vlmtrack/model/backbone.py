@@ -11,6 +11,7 @@ import torch
 from torch import nn
 from transformers import AutoImageProcessor, AutoModel, AutoModelForCausalLM, AutoTokenizer
 
+from vlmtrack.config import IDEFICS2, RESAMPLER
 from vlmtrack.data.prompt import IGNORE_INDEX, add_idefics2_tokens, add_image_token
 from vlmtrack.model.kernels import sdpa_without_cudnn
 
@@ -217,12 +218,12 @@ def load_tokenizer(llm_path: str, trust_remote_code: bool = False):
 
 
 def load_backbone(llm_path: str, vision_path: str, dtype: torch.dtype = torch.float32,
-                  trust_remote_code: bool = False, connector: str = "resampler") -> Backbone:
+                  trust_remote_code: bool = False, connector: str = RESAMPLER) -> Backbone:
     """The frozen towers for a connector kind (model.connector); idefics2 adds Idefics2's tokens to the
     tokenizer, and to the LLM's vocabulary where it has no spare rows for them."""
     tokenizer = load_tokenizer(llm_path, trust_remote_code)
     image_token_id = add_image_token(tokenizer)
-    boundary_token_id = add_idefics2_tokens(tokenizer) if connector == "idefics2" else None
+    boundary_token_id = add_idefics2_tokens(tokenizer) if connector == IDEFICS2 else None
     remote = {"trust_remote_code": trust_remote_code}
     llm = _from_pretrained(AutoModelForCausalLM, llm_path, "LLM", dtype=dtype, **remote)
     tower = _from_pretrained(AutoModel, vision_path, "vision tower", dtype=dtype, **remote)

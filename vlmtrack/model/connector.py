@@ -5,6 +5,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from vlmtrack.config import IDEFICS2
+from vlmtrack.model.connector_io import connector_kind
+
 
 class ResamplerBlock(nn.Module):
     """Latents attend to [features; latents] (Flamingo's resampler), then a feed-forward layer."""
@@ -53,15 +56,15 @@ def connector_from_config(config: dict) -> nn.Module:
     """The connector a checkpoint's connector.json describes (no `kind`: the resampler, as before it had one)."""
     from vlmtrack.model.idefics2_connector import KIND, Idefics2StyleConnector
 
-    config = dict(config)
-    kind = config.pop("kind", "resampler")
+    kind = connector_kind(config)
+    config = {k: v for k, v in config.items() if k != "kind"}
     return Idefics2StyleConnector(**config) if kind == KIND else Connector(**config)
 
 
 def visual_length(m) -> int:
     """Positions a connector of model config m fills per image: its latents, and for idefics2 a boundary
     token on each side."""
-    return m.num_latents + (2 if m.connector == "idefics2" else 0)
+    return m.num_latents + (2 if m.connector == IDEFICS2 else 0)
 
 
 def new_connector(m, backbone) -> nn.Module:

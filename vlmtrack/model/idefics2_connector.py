@@ -11,7 +11,9 @@ from torch import nn
 from transformers import Idefics2Config
 from transformers.models.idefics2.modeling_idefics2 import Idefics2Connector
 
-KIND = "idefics2"
+from vlmtrack.config import IDEFICS2
+
+KIND = IDEFICS2
 # Idefics2's perceiver has 4 key/value heads for 16 query heads: the same 1:4 where the head count allows
 KV_HEAD_RATIO = 4
 

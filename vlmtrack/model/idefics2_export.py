@@ -22,7 +22,7 @@ from transformers import GenerationConfig, Idefics2ForConditionalGeneration, Ide
 from vlmtrack.data.prompt import IMAGE_TOKEN, end_of_turn_id
 from vlmtrack.model.backbone import Backbone, load_backbone
 from vlmtrack.model.connector import connector_from_config
-from vlmtrack.model.connector_io import load_connector_weights
+from vlmtrack.model.connector_io import connector_kind, load_connector_weights
 from vlmtrack.model.idefics2_connector import KIND, Idefics2StyleConnector, idefics2_config
 
 # SiglipVisionConfig fields that Idefics2VisionConfig has under the same names
@@ -63,7 +63,7 @@ def export_idefics2(folder: Path, out_dir: Path, trust_remote_code: bool = False
                           "mix with others, such as an earlier export's shards)")
     weights, meta = load_connector_weights(folder)
     config = meta["connector"]
-    if config.get("kind", "resampler") != KIND:
+    if connector_kind(config) != KIND:
         raise ExportError(f"'{folder}' is a model.connector=resampler checkpoint, which has no transformers "
                           "equivalent: train with model.connector=idefics2 to export")
     backbone = load_backbone(meta["llm"], meta["vision"], torch.float32, trust_remote_code, KIND)
