@@ -51,9 +51,17 @@ def run_standalone(export_dir: Path, items: list[dict], work: Path, max_new_toke
     return json.loads((work / "out.json").read_text())
 
 
-def test_export_loads_without_vlmtrack_and_scores_and_captions_as_vlmtrack_does(tiny_paths, tmp_path):
+def test_export_loads_without_vlmtrack_and_scores_and_captions_as_vlmtrack_does(tiny_paths, tmp_path, store):
     folder = train_idefics2(tiny_paths, tmp_path / "run")
-    export_dir = export_idefics2(folder, tmp_path / "export", log=lambda *_: None)
+    # exported from the run's MLflow artifacts, as `vlmtrack export runs:/... OUT_DIR --log` does it
+    run_id = store.create_run(store.create_experiment("e")).info.run_id
+    store.log_artifacts(run_id, str(folder), f"checkpoints/step_{STEPS}")
+    store.log_artifact(run_id, str(tmp_path / "run" / "config.yaml"), "config")
+    export_dir = tmp_path / "export"
+    assert cli.main(["export", f"runs:/{run_id}/checkpoints/step_{STEPS}", str(export_dir), "--log"]) == 0
+    logged = {f.path for f in store.list_artifacts(run_id, f"export/step_{STEPS}")}
+    assert {f"export/step_{STEPS}/{name}" for name in ("config.json", "model.safetensors", "processor_config.json",
+                                                       "tokenizer.json", "chat_template.jinja")} <= logged
 
     lc = load_checkpoint(*fetch(folder), ["eval.temperature=0", "eval.max_new_tokens=12"])
     bb, data = lc.backbone, lc.data
@@ -106,6 +114,8 @@ def test_vlmtrack_export_refuses_a_resampler_checkpoint_and_a_folder_in_use(tiny
     (tmp_path / "used" / "model-00001-of-00002.safetensors").write_text("an earlier export's shard")
     with pytest.raises(ExportError, match="'.*used' exists and is not an empty folder: give a new one"):
         export_idefics2(folder, tmp_path / "used")
+    assert cli.main(["export", str(folder), str(tmp_path / "export"), "--log"]) == 2  # a usage error
+    assert "--log logs the export on the checkpoint's MLflow run, so it takes a runs:/" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("override, message", [
