@@ -51,6 +51,7 @@ def run_standalone(export_dir: Path, items: list[dict], work: Path, max_new_toke
     return json.loads((work / "out.json").read_text())
 
 
+@pytest.mark.slow  # ~50 s on 2 cores: 50 training steps, the export, a transformers-only subprocess
 def test_export_loads_without_vlmtrack_and_scores_and_captions_as_vlmtrack_does(tiny_paths, tmp_path, store):
     folder = train_idefics2(tiny_paths, tmp_path / "run")
     # exported from the run's MLflow artifacts, as `vlmtrack export runs:/... OUT_DIR --log` does it
