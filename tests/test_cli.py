@@ -13,7 +13,7 @@ import pytest
 from vlmtrack import cli
 
 REPO = Path(__file__).resolve().parents[1]
-COMMANDS = {"train", "sweep", "ablate", "golden", "report", "bench", "build-demo"}
+COMMANDS = {"train", "sweep", "ablate", "golden", "report", "bench", "build-demo", "export"}
 
 
 def subparsers(parser):
