@@ -172,3 +172,23 @@ def test_the_export_checks_its_image_tokens_against_trainings(tiny_paths):
         model.model.vision_model.encoder.layers[0].layer_norm1.bias += 0.1
     with pytest.raises(ExportError, match="image tokens differ from training's by .* the vision tower does not map"):
         check_image_features(bb, connector, model)
+
+
+def test_an_llm_with_spare_rows_keeps_its_table(tiny_paths, tmp_path):
+    """Qwen3's table has 267 rows past its tokenizer: Idefics2's tokens take rows there, nothing is added,
+    and the boundary starts at the LLM's own row for it."""
+    from tests.helpers.tiny_tokenizer import tiny_tokenizer
+    from vlmtrack.model.random_init import save_random_qwen3
+
+    tok = tiny_tokenizer()
+    save_random_qwen3(tmp_path / "llm", tok, seed=0, vocab_size=len(tok) + 8, hidden_size=32, intermediate_size=64,
+                      num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=1, head_dim=16,
+                      max_position_embeddings=256)
+    plain = load_backbone(str(tmp_path / "llm"), str(tiny_paths["vision"]))
+    bb = load_backbone(str(tmp_path / "llm"), str(tiny_paths["vision"]), connector="idefics2")
+    assert torch.equal(bb.llm.get_input_embeddings().weight, plain.llm.get_input_embeddings().weight)
+    assert len(bb.tokenizer) == len(tok) + 3 <= bb.llm.get_input_embeddings().weight.shape[0] == len(tok) + 8
+    cfg = load_config(None, ["model.connector=idefics2", "model.num_latents=4", "model.resampler_heads=2"])
+    connector = new_connector(cfg.model, bb)
+    assert torch.equal(connector.boundary, plain.llm.get_input_embeddings().weight[bb.boundary_token_id])
+    assert connector(torch.randn(2, 16, bb.vision_dim)).shape == (2, 6, bb.llm_dim)  # boundary, 4 latents, boundary
