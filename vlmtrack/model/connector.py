@@ -1,5 +1,6 @@
 """The trainable connector: optional LayerNorm on vision features, then a Perceiver resampler that
-turns N patch features into `num_latents` tokens in the LLM's embedding space."""
+turns N patch features into `num_latents` tokens in the LLM's embedding space (model.connector=resampler,
+the default); and the factories that build either kind (idefics2: idefics2_connector.py)."""
 from __future__ import annotations
 
 import torch
