@@ -6,7 +6,7 @@ import shlex
 import sys
 import traceback
 
-from vlmtrack.config import ConfigError, load_config
+from vlmtrack.config import ConfigError, check_sweep, load_config
 
 DESCRIPTION = """Train and judge the connector of a vision-language model (stage-1 alignment), tracked in MLflow.
 
@@ -14,6 +14,7 @@ DESCRIPTION = """Train and judge the connector of a vision-language model (stage
     vlmtrack sweep   [--config FILE] [section.key=value ...]   the LR x vision_ln sweep (Optuna + nested runs)
     vlmtrack ablate  CHECKPOINT [section.key=value ...]         vision ablations on a saved connector
     vlmtrack golden  CHECKPOINT [section.key=value ...]         golden captions from a saved connector
+    vlmtrack export  CHECKPOINT OUT_DIR [--log]                 an idefics2 checkpoint as a transformers model folder
     vlmtrack report  [RUN_ID] [--experiment NAME]               eval loss, golden items, sweep table from MLflow
     vlmtrack bench   [--preset small|large] ...                 training throughput on reference shapes
     vlmtrack build-demo                                         build the embedded demo assets
@@ -113,6 +114,22 @@ def _golden(args) -> None:
             GoldenTables().log(tracker, records, lc.step, lc.data.image_root)
 
 
+def _export(args) -> None:
+    from pathlib import Path
+
+    from vlmtrack.eval.checkpoint_eval import fetch
+    from vlmtrack.model.idefics2_export import export_idefics2
+    from vlmtrack.tracking.artifacts import download_checkpoint, export_run_id, is_artifact_uri, log_export
+
+    uri = args.checkpoint
+    if args.log:
+        export_run_id(uri)  # a local folder names no run: said before the export, not after
+    folder, config = download_checkpoint(uri) if is_artifact_uri(uri) else fetch(Path(uri))
+    export_idefics2(folder, Path(args.out_dir), load_config(config).model.trust_remote_code)
+    if args.log:
+        print(f"[export] logged as {log_export(uri, Path(args.out_dir))}")
+
+
 def _sweep(args) -> None:
     from vlmtrack.data.pipeline import check_inputs
     from vlmtrack.demo.assets import fill_demo_defaults
@@ -122,6 +139,7 @@ def _sweep(args) -> None:
     from vlmtrack.tracking.session import sweep_parent
 
     cfg = load_config(args.config, _overrides(args))
+    check_sweep(cfg)
     fill_demo_defaults(cfg)
     check_inputs(cfg)  # before the sweep's MLflow run
     cfg.train.run_name = cfg.sweep.study_name
@@ -192,6 +210,14 @@ def build_parser() -> argparse.ArgumentParser:
     for cmd in (train, sweep, *[sub.choices[n] for n in ("ablate", "golden")]):
         cmd.add_argument("--experiment", default=None, help="MLflow experiment (default: vlmtrack)")
         cmd.add_argument("overrides", nargs="*", help="section.key=value, e.g. train.lr=2e-4 model.vision_ln=true")
+    export = sub.add_parser("export", parents=[debug],
+                            help="a model.connector=idefics2 checkpoint as an Idefics2ForConditionalGeneration "
+                                 "+ processor folder (transformers alone loads it)")
+    export.add_argument("checkpoint", help="checkpoints/step_N folder or runs:/<run_id>/checkpoints/step_N")
+    export.add_argument("out_dir", help="the folder to write (new or empty)")
+    export.add_argument("--log", action="store_true",
+                        help="also log the export on the checkpoint's run, as export/step_N (runs:/ checkpoints)")
+    export.set_defaults(func=_export)
     report = sub.add_parser("report", parents=[debug],
                             help="a run's eval loss by bucket, golden items and the sweep table, from MLflow alone")
     report.add_argument("run_id", nargs="?", default=None,

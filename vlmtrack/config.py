@@ -43,6 +43,9 @@ class DataConfig:
     on_bad_record: str = "error"
 
 
+RESAMPLER, IDEFICS2 = "resampler", "idefics2"  # model.connector's values, and a checkpoint's connector kind
+
+
 @dataclass
 class ModelConfig:
     llm: str = ""  # hub id or local path; "" = the embedded demo LM
@@ -52,6 +55,9 @@ class ModelConfig:
     resampler_heads: int = 8
     resampler_ffn_mult: int = 4
     vision_ln: bool = False
+    # resampler (vlmtrack's own) | idefics2 (transformers' Idefics2Connector: exports as an
+    # Idefics2ForConditionalGeneration, `vlmtrack export`)
+    connector: str = RESAMPLER
     trust_remote_code: bool = False  # run a hub repo's own Python code: only for repos you trust
 
 
@@ -334,6 +340,7 @@ def validate(cfg: Config) -> None:
         ("train.lr_schedule", t.lr_schedule, ("constant", "cosine")),
         ("train.run_golden_every", t.run_golden_every, ("save", "epoch", "end", "never")),
         ("eval.golden_decode", e.golden_decode, ("auto", "generate", "static")),
+        ("model.connector", m.connector, (RESAMPLER, IDEFICS2)),
     ]:
         if value not in choices:
             problems.append(f"{name} must be {', '.join(choices[:-1])} or {choices[-1]}, got '{value}'")
@@ -359,6 +366,7 @@ def validate(cfg: Config) -> None:
         problems.append("model.resampler_heads and model.resampler_depth must be positive")
     if not 0 < e.top_p <= 1 or e.temperature < 0:
         problems.append(f"eval.top_p must be in (0, 1] and eval.temperature ≥ 0, got {e.top_p}, {e.temperature}")
+    problems += idefics2_problems(cfg)
     sw = cfg.sweep
     if not sw.lr or any(v <= 0 for v in sw.lr) or len(set(sw.lr)) != len(sw.lr):
         problems.append(f"sweep.lr must be a non-empty list of distinct positive rates, got {sw.lr}")
@@ -368,6 +376,29 @@ def validate(cfg: Config) -> None:
         problems.append(f"sweep.heartbeat_s must be positive, got {sw.heartbeat_s}")
     if problems:
         raise ConfigError("invalid config:\n  " + "\n  ".join(problems))
+
+
+def idefics2_problems(cfg: Config) -> list[str]:
+    """Settings with no place in Idefics2's connector, so no place in its export: refused before a run."""
+    m = cfg.model
+    if m.connector != IDEFICS2:
+        return []
+    problems = []
+    if m.vision_ln:
+        problems.append("model.vision_ln=true has no Idefics2 equivalent (Idefics2's vision model ends in SigLIP's "
+                        "own post-layernorm and its connector has no second LayerNorm; a LayerNorm of a "
+                        "LayerNorm's output does not fold into it): set model.vision_ln=false")
+    if m.resampler_ffn_mult != 4:
+        problems.append(f"model.resampler_ffn_mult={m.resampler_ffn_mult} has no Idefics2 equivalent (Idefics2's "
+                        "perceiver MLP is 4 x the LLM's width, fixed): leave it at 4")
+    return problems
+
+
+def check_sweep(cfg: Config) -> None:
+    """A sweep grid every point of which the connector can train (a trial's point bypasses validate)."""
+    if cfg.model.connector == IDEFICS2 and True in cfg.sweep.vision_ln:
+        raise ConfigError(f"sweep.vision_ln={cfg.sweep.vision_ln} holds true, which model.connector=idefics2 refuses "
+                          "(Idefics2 has no vision_ln): set sweep.vision_ln=[false]")
 
 
 def to_dict(cfg: Config) -> dict:

@@ -56,3 +56,21 @@ def test_prompt_needs_one_placeholder(tok):
     iid = tok.convert_tokens_to_ids("<image>")
     with pytest.raises(ValueError, match="exactly one"):
         prompt.encode_sample(tok, "<image> <image> Describe", "a red circle", iid, 4, 512)
+
+
+@pytest.mark.parametrize("text", ["<|im_start|>user\n<image>\nDescribe the image.<|im_end|>",
+                                  "Describe the image.\n<image>", "a<image>red circle", "<image><image> two"])
+def test_idefics2_expansion_is_the_processors(text):
+    """model.connector=idefics2 trains on the ids transformers' Idefics2Processor makes of the same text: the
+    boundaries, the image run, the space after a closing boundary that a word follows, adjacent images."""
+    from transformers import Idefics2Processor
+    from transformers.models.idefics2.image_processing_pil_idefics2 import Idefics2ImageProcessorPil
+
+    ours, theirs = tiny_tokenizer(), tiny_tokenizer()
+    prompt.add_idefics2_tokens(ours)
+    processor = Idefics2Processor(Idefics2ImageProcessorPil(), theirs, image_seq_len=3)
+    # as tokens: the processor adds its two tokens in another order, so their ids differ
+    expected = theirs.convert_ids_to_tokens(processor(text=text)["input_ids"][0])
+    got = ours.convert_ids_to_tokens(ours(prompt.idefics2_image_text(text, 3), add_special_tokens=False)["input_ids"])
+    assert got == expected
+    assert got.count(prompt.BOUNDARY_TOKEN) == 2 * text.count("<image>") - ("<image><image>" in text)

@@ -233,3 +233,28 @@ def test_batched_caption_count_equals_label_len_on_the_real_vocabulary(tok_img, 
     ]
     assert plain_backend(t) is not None  # the fast path, not the fallback
     assert count_tokens(t, captions) == [label_len(t, c) for c in captions]
+
+
+@pytest.mark.parametrize("human", [HUMAN, "Describe the image concisely.\n<image>", "<image>Describe it."])
+def test_idefics2_prompt_is_the_processors_with_qwen3s_vocabulary(qwen_dir, human):
+    """model.connector=idefics2's prompt ids are those Idefics2Processor makes of the rendered prompt with
+    Qwen3's BPE (where `<fake_token_around_image>Describe` and `... Describe` tokenize apart: the processor
+    puts a space after a closing boundary that a word follows). Idefics2's tokens fit Qwen3's spare rows."""
+    from transformers import Idefics2Processor
+    from transformers.models.idefics2.image_processing_pil_idefics2 import Idefics2ImageProcessorPil
+
+    from vlmtrack.data.prompt import BOUNDARY_TOKEN, add_idefics2_tokens, expanded_prompt_ids
+
+    ours = qwen3_tokenizer(qwen_dir)
+    image_id, boundary_id = add_image_token(ours), add_idefics2_tokens(ours)
+    assert (image_id, boundary_id, len(ours)) == (IMAGE_ID, IMAGE_ID + 1, IMAGE_ID + 3) and len(ours) <= 151_936
+    processor = Idefics2Processor(Idefics2ImageProcessorPil(), qwen3_tokenizer(qwen_dir), image_seq_len=NUM_LATENTS)
+    theirs = processor(text=prompt_text(ours, human))["input_ids"][0]
+    got = expanded_prompt_ids(ours, human, image_id, NUM_LATENTS, boundary_id)
+    assert ours.convert_ids_to_tokens(got) == processor.tokenizer.convert_ids_to_tokens(theirs)
+    assert got.count(image_id) == NUM_LATENTS and got.count(boundary_id) == 2
+    at = got.index(boundary_id)
+    assert got[at + 1 + NUM_LATENTS] == boundary_id
+    if human.startswith("<image>Describe"):  # the space the processor adds: " Describe", not "Describe"
+        assert ours.convert_ids_to_tokens(got[at + NUM_LATENTS + 2]) == "ĠDescribe"
+    assert BOUNDARY_TOKEN in ours.get_vocab()

@@ -49,9 +49,9 @@ def test_static_positions_reject_what_does_not_fit(tiny_paths):
     bb = load_backbone(str(tiny_paths["llm"]), str(tiny_paths["vision"]))
     batch = tiny_batch(bb, CAPTIONS)
     with pytest.raises(ValueError, match="label_width=2"):
-        static_positions(batch.input_ids, batch.labels, bb.image_token_id, 4, label_width=2)
+        static_positions(batch.input_ids, batch.labels, bb.visual_token_ids, 4, label_width=2)
     with pytest.raises(ValueError, match="exactly 5 image positions"):
-        static_positions(batch.input_ids, batch.labels, bb.image_token_id, 5, label_width=64)
+        static_positions(batch.input_ids, batch.labels, bb.visual_token_ids, 5, label_width=64)
 
 
 def test_graphs_are_chosen_where_launches_dominate():

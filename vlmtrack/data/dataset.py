@@ -101,12 +101,14 @@ class CaptionDataset(torch.utils.data.Dataset):
 
     def __init__(self, samples: list[Sample], metas: list[SampleMeta], positions: list[int], tokenizer,
                  image_processor, image_root: Path, image_token_id: int, num_latents: int, max_seq_len: int,
-                 on_bad_image: str = "fail", features=None, pixel_dtype: torch.dtype = torch.float32):
+                 on_bad_image: str = "fail", features=None, pixel_dtype: torch.dtype = torch.float32,
+                 boundary_token_id: int | None = None):
         self.samples, self.metas, self.positions = samples, metas, positions
         self.pixel_dtype = pixel_dtype
         self.on_bad_image, self.features = on_bad_image, features
         self.tokenizer, self.image_processor, self.image_root = tokenizer, image_processor, image_root
         self.image_token_id, self.num_latents, self.max_seq_len = image_token_id, num_latents, max_seq_len
+        self.boundary_token_id = boundary_token_id
 
     def __len__(self) -> int:
         return len(self.positions)
@@ -148,7 +150,8 @@ class CaptionDataset(torch.utils.data.Dataset):
                 raise DataError(f"id={s.id}: {e} (a train image: data.on_bad_image=skip would skip and list it; "
                                 f"an eval image is never skipped, so that the eval set does not change)") from None
             return {"skipped": {"id": s.id, "image_relpath": s.image_relpath, "reason": str(e)}}
-        enc = encode_sample(self.tokenizer, s.human, s.caption, self.image_token_id, self.num_latents, self.max_seq_len)
+        enc = encode_sample(self.tokenizer, s.human, s.caption, self.image_token_id, self.num_latents, self.max_seq_len,
+                            self.boundary_token_id)
         return {
             "input_ids": enc.input_ids, "labels": enc.labels, **vision,
             "bucket": m.bucket, "label_len": enc.label_len, "num_supervised": enc.num_supervised,

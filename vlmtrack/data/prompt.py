@@ -6,12 +6,21 @@ supervised; everything else (prompt, visual positions) is -100.
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 from tokenizers import AddedToken
 
 IMAGE_TOKEN = "<image>"
 IGNORE_INDEX = -100
+# Idefics2's own names (transformers' Idefics2Processor adds them to the tokenizer it wraps): the token on
+# each side of an image's run of <image> tokens, and the end-of-turn marker of Idefics2's own chat format.
+# model.connector=idefics2 adds both, so vlmtrack's vocabulary is the exported processor's, id for id.
+BOUNDARY_TOKEN = "<fake_token_around_image>"
+END_OF_UTTERANCE_TOKEN = "<end_of_utterance>"
+# Idefics2Processor's rule after it expands an image: a closing boundary token followed directly by a word
+# gets a space, so the word tokenizes as it would after whitespace
+_CLOSING_BOUNDARY = re.compile(rf"{re.escape(BOUNDARY_TOKEN)}(?=[^\s<])")
 
 
 def add_image_token(tokenizer) -> int:
@@ -20,6 +29,22 @@ def add_image_token(tokenizer) -> int:
         # add_tokens keeps the tokenizer's own special-token list intact (add_special_tokens would replace it)
         tokenizer.add_tokens([AddedToken(IMAGE_TOKEN, special=True, normalized=False)], special_tokens=True)
     return tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)
+
+
+def add_idefics2_tokens(tokenizer) -> int:
+    """`<image>`, then Idefics2's boundary and end-of-utterance tokens; returns the boundary token's id."""
+    add_image_token(tokenizer)
+    missing = [t for t in (BOUNDARY_TOKEN, END_OF_UTTERANCE_TOKEN) if _token_id(tokenizer, t) is None]
+    tokenizer.add_tokens([AddedToken(t, special=True, normalized=False) for t in missing], special_tokens=True)
+    return tokenizer.convert_tokens_to_ids(BOUNDARY_TOKEN)
+
+
+def idefics2_image_text(text: str, num_latents: int) -> str:
+    """The text Idefics2Processor tokenizes (do_image_splitting off): each `<image>` becomes
+    `<fake_token_around_image>` + num_latents `<image>` + `<fake_token_around_image>`."""
+    run = f"{BOUNDARY_TOKEN}{IMAGE_TOKEN * num_latents}{BOUNDARY_TOKEN}"
+    text = text.replace(IMAGE_TOKEN, run).replace(BOUNDARY_TOKEN * 2, BOUNDARY_TOKEN)
+    return _CLOSING_BOUNDARY.sub(f"{BOUNDARY_TOKEN} ", text)
 
 
 def _token_id(tokenizer, token: str) -> int | None:
@@ -60,12 +85,20 @@ def label_len(tokenizer, caption: str) -> int:
     return len(tokenizer(caption, add_special_tokens=False)["input_ids"])
 
 
-def expanded_prompt_ids(tokenizer, human_text: str, image_token_id: int, num_latents: int) -> list[int]:
-    """The inference prompt (spec 3.2 Option A) with the placeholder expanded to the visual positions."""
-    ids = tokenizer(prompt_text(tokenizer, human_text), add_special_tokens=False)["input_ids"]
+def expanded_prompt_ids(tokenizer, human_text: str, image_token_id: int, num_latents: int,
+                        boundary_token_id: int | None = None) -> list[int]:
+    """The inference prompt (spec 3.2 Option A) with the placeholder expanded to the visual positions. With a
+    boundary token (model.connector=idefics2) the expansion is Idefics2Processor's, made on the text as it
+    makes it, so the exported processor gives these ids."""
+    text = prompt_text(tokenizer, human_text)
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
     n_img = ids.count(image_token_id)
     if n_img != 1:
         raise ValueError(f"prompt must hold exactly one {IMAGE_TOKEN} placeholder, found {n_img}")
+    if boundary_token_id is not None:
+        if boundary_token_id in ids:
+            raise ValueError(f"prompt must not hold {BOUNDARY_TOKEN} itself: the image's boundaries are added")
+        return tokenizer(idefics2_image_text(text, num_latents), add_special_tokens=False)["input_ids"]
     at = ids.index(image_token_id)
     return ids[:at] + [image_token_id] * num_latents + ids[at + 1 :]
 
@@ -86,8 +119,9 @@ def encode_sample(
     image_token_id: int,
     num_latents: int,
     max_seq_len: int,
+    boundary_token_id: int | None = None,
 ) -> EncodedSample:
-    prompt_ids = expanded_prompt_ids(tokenizer, human_text, image_token_id, num_latents)
+    prompt_ids = expanded_prompt_ids(tokenizer, human_text, image_token_id, num_latents, boundary_token_id)
     caption_ids = tokenizer(caption, add_special_tokens=False)["input_ids"]
     target = caption_ids + [end_of_turn_id(tokenizer)]
     room = max_seq_len - len(prompt_ids)

@@ -15,8 +15,8 @@ from vlmtrack.data.dataset import CaptionDataset
 from vlmtrack.data.pipeline import RunData, prepare_data
 from vlmtrack.data.loader import chunks, seeded_subset
 from vlmtrack.model.backbone import Backbone, load_backbone
-from vlmtrack.model.connector import Connector
-from vlmtrack.model.connector_io import WEIGHTS_FILE, load_connector_weights, run_dir_of
+from vlmtrack.model.connector import connector_from_config
+from vlmtrack.model.connector_io import WEIGHTS_FILE, connector_kind, load_connector_weights, run_dir_of
 from vlmtrack.runtime.device import device_and_dtype
 
 
@@ -25,7 +25,7 @@ class LoadedCheckpoint:
     cfg: Config
     step: int
     backbone: Backbone
-    connector: Connector
+    connector: torch.nn.Module
     data: RunData
     device: torch.device
     dtype: torch.dtype
@@ -42,8 +42,9 @@ def load_checkpoint(folder: Path, config_path: Path, overrides: list[str] = ()) 
     cfg = load_config(config_path, overrides)
     weights, meta = load_connector_weights(folder)
     device, dtype = device_and_dtype(cfg)
-    backbone = load_backbone(meta["llm"], meta["vision"], dtype, cfg.model.trust_remote_code).to(device)
-    connector = Connector(**meta["connector"]).to(device)
+    kind = connector_kind(meta["connector"])
+    backbone = load_backbone(meta["llm"], meta["vision"], dtype, cfg.model.trust_remote_code, kind).to(device)
+    connector = connector_from_config(meta["connector"]).to(device)
     connector.load_state_dict(weights)
     data = prepare_data(cfg, backbone.tokenizer, cfg.output_dir)
     return LoadedCheckpoint(cfg, meta["step"], backbone, connector, data, device, dtype)
@@ -53,7 +54,7 @@ def eval_dataset(lc: LoadedCheckpoint) -> CaptionDataset:
     b, d = lc.backbone, lc.data
     return CaptionDataset(d.samples, d.metas, d.split.eval, b.tokenizer, b.image_processor, d.image_root,
                           b.image_token_id, lc.cfg.model.num_latents, lc.cfg.data.max_seq_len,
-                          pixel_dtype=b.tower_dtype)
+                          pixel_dtype=b.tower_dtype, boundary_token_id=b.boundary_token_id)
 
 
 def ablation_batches(lc: LoadedCheckpoint) -> list[list[int]]:

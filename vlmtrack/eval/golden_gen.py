@@ -93,7 +93,8 @@ def _static_decoder(backbone, golden, human_by_id, num_latents, ecfg, kwargs, de
 
 
 def _prompt(backbone, human: str, num_latents: int) -> list[int]:
-    return expanded_prompt_ids(backbone.tokenizer, human, backbone.image_token_id, num_latents)
+    return expanded_prompt_ids(backbone.tokenizer, human, backbone.image_token_id, num_latents,
+                               backbone.boundary_token_id)
 
 
 def _batch_tokens(backbone, connectors, items, human_by_id, pixels, num_latents, kwargs, decoder, device,

@@ -11,7 +11,8 @@ import torch
 from torch import nn
 from transformers import AutoImageProcessor, AutoModel, AutoModelForCausalLM, AutoTokenizer
 
-from vlmtrack.data.prompt import IGNORE_INDEX, add_image_token
+from vlmtrack.config import IDEFICS2, RESAMPLER
+from vlmtrack.data.prompt import IGNORE_INDEX, add_idefics2_tokens, add_image_token
 from vlmtrack.model.kernels import sdpa_without_cudnn
 
 VISION_MODES = ("correct", "shuffled", "zero", "noise")
@@ -106,6 +107,14 @@ class Backbone:
     pad_id: int
     fused_ce: object = None  # (lm_head weight, hidden, targets) -> per-token loss; None = plain PyTorch
     compiled_body: object = None  # embeds -> hidden states through compiled layers (train.compile)
+    boundary_token_id: int | None = None  # model.connector=idefics2: <fake_token_around_image>, filled by the connector
+
+    @property
+    def visual_token_ids(self) -> tuple[int, ...]:
+        """The ids whose positions hold the connector's output rather than a token embedding."""
+        if self.boundary_token_id is None:
+            return (self.image_token_id,)
+        return self.boundary_token_id, self.image_token_id
 
     @property
     def llm_dim(self) -> int:
@@ -129,10 +138,10 @@ class Backbone:
         return self.tower(pixel_values=pixel_values).last_hidden_state
 
     def embed(self, input_ids: torch.Tensor, visual: torch.Tensor, image_at: torch.Tensor | None = None) -> torch.Tensor:
-        """Token embeddings with the image positions (num_latents per row) replaced by visual tokens; the
-        positions are found from the ids, or given as image_at [B, num_latents] (fixed shapes, no host
-        sync: what a CUDA graph can capture)."""
-        is_image = input_ids == self.image_token_id
+        """Token embeddings with the visual positions (the connector's output length per row) replaced by
+        visual tokens; the positions are found from the ids, or given as image_at [B, positions] (fixed
+        shapes, no host sync: what a CUDA graph can capture)."""
+        is_image = visual_positions(input_ids, self.visual_token_ids)
         embeds = self.llm.get_input_embeddings()(input_ids.masked_fill(is_image, self.pad_id))
         visual = visual.to(embeds.dtype)
         if image_at is None:
@@ -191,12 +200,21 @@ class Backbone:
         return per_token.view(k, b, -1).sum(-1)
 
 
-def static_positions(input_ids: torch.Tensor, labels: torch.Tensor, image_token_id: int, num_latents: int,
-                     label_width: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def visual_positions(input_ids: torch.Tensor, visual_token_ids: tuple[int, ...]) -> torch.Tensor:
+    """Where the ids are one of visual_token_ids: the positions the connector's output fills."""
+    is_visual = input_ids == visual_token_ids[0]
+    for tid in visual_token_ids[1:]:
+        is_visual |= input_ids == tid
+    return is_visual
+
+
+def static_positions(input_ids: torch.Tensor, labels: torch.Tensor, visual_token_ids: tuple[int, ...],
+                     num_latents: int, label_width: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(image_at [B, num_latents], label_at [B, label_width], targets [B, label_width]) for
-    static_token_losses: where the visual tokens go, which hidden states predict a label and that label.
-    Computed on the host, per batch, before the copy to the device."""
-    is_image = input_ids == image_token_id
+    static_token_losses: where the visual tokens go (num_latents: the connector's output length), which
+    hidden states predict a label and that label. Computed on the host, per batch, before the copy to the
+    device."""
+    is_image = visual_positions(input_ids, visual_token_ids)
     if not bool((is_image.sum(1) == num_latents).all()):
         raise ValueError(f"every row needs exactly {num_latents} image positions")
     image_at = is_image.nonzero()[:, 1].view(-1, num_latents)
@@ -220,13 +238,19 @@ def load_tokenizer(llm_path: str, trust_remote_code: bool = False):
 
 
 def load_backbone(llm_path: str, vision_path: str, dtype: torch.dtype = torch.float32,
-                  trust_remote_code: bool = False) -> Backbone:
+                  trust_remote_code: bool = False, connector: str = RESAMPLER) -> Backbone:
+    """The frozen towers for a connector kind (model.connector); idefics2 adds Idefics2's tokens to the
+    tokenizer, and to the LLM's vocabulary where it has no spare rows for them."""
     tokenizer = load_tokenizer(llm_path, trust_remote_code)
     image_token_id = add_image_token(tokenizer)
+    boundary_token_id = add_idefics2_tokens(tokenizer) if connector == IDEFICS2 else None
     remote = {"trust_remote_code": trust_remote_code}
     llm = _from_pretrained(AutoModelForCausalLM, llm_path, "LLM", dtype=dtype, **remote)
     tower = _from_pretrained(AutoModel, vision_path, "vision tower", dtype=dtype, **remote)
     tower = getattr(tower, "vision_model", tower)  # SiglipModel / CLIPModel -> their vision tower
+    if boundary_token_id is not None:
+        check_idefics2_tower(tower, vision_path)
+        grow_vocabulary(llm, len(tokenizer))
     if getattr(tower, "use_head", False):  # SigLIP's attention-pooled output: computed, then never read
         tower.use_head = False
     image_processor = _from_pretrained(AutoImageProcessor, vision_path, "image processor", **remote,
@@ -235,7 +259,33 @@ def load_backbone(llm_path: str, vision_path: str, dtype: torch.dtype = torch.fl
         module.eval()
         module.requires_grad_(False)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    return Backbone(llm, tower, tokenizer, image_processor, image_token_id, pad_id)
+    return Backbone(llm, tower, tokenizer, image_processor, image_token_id, pad_id,
+                    boundary_token_id=boundary_token_id)
+
+
+def check_idefics2_tower(tower: nn.Module, vision_path: str) -> None:
+    """Idefics2's vision model is SigLIP's: another tower (CLIP) has no place in the export."""
+    kind = getattr(tower.config, "model_type", "?")
+    if not kind.startswith("siglip"):
+        raise ModelLoadError(
+            f"model.connector=idefics2 needs a SigLIP vision tower (Idefics2's vision model is SigLIP's); "
+            f"'{vision_path}' is {kind}: use a SigLIP tower or model.connector=resampler")
+
+
+def grow_vocabulary(llm: nn.Module, size: int) -> None:
+    """Rows for added tokens where the LLM's table ends before them (Qwen3's has 267 spare rows; the demo's
+    none). A new row is the mean of the old ones, input and output: its logit, the mean of the others,
+    takes at most 1/vocabulary of the softmax; its input row is never read (the connector fills those
+    positions). Deterministic, so the export recomputes the same rows."""
+    rows = llm.get_input_embeddings().weight.shape[0]
+    if size <= rows:
+        return
+    out_old = llm.get_output_embeddings().weight.detach().clone()
+    in_mean = llm.get_input_embeddings().weight.detach().mean(0)
+    llm.resize_token_embeddings(size, mean_resizing=False)
+    with torch.no_grad():
+        llm.get_input_embeddings().weight[rows:] = in_mean
+        llm.get_output_embeddings().weight[rows:] = out_old.mean(0)
 
 
 def derangement(n: int, generator: torch.Generator) -> torch.Tensor:

@@ -1,9 +1,13 @@
 """The trainable connector: optional LayerNorm on vision features, then a Perceiver resampler that
-turns N patch features into `num_latents` tokens in the LLM's embedding space."""
+turns N patch features into `num_latents` tokens in the LLM's embedding space (model.connector=resampler,
+the default); and the factories that build either kind (idefics2: idefics2_connector.py)."""
 from __future__ import annotations
 
 import torch
 from torch import nn
+
+from vlmtrack.config import IDEFICS2
+from vlmtrack.model.connector_io import connector_kind
 
 
 class ResamplerBlock(nn.Module):
@@ -47,3 +51,34 @@ class Connector(nn.Module):
         for block in self.blocks:
             latents = block(latents, x)
         return self.proj_out(self.norm_out(latents))
+
+
+def connector_from_config(config: dict) -> nn.Module:
+    """The connector a checkpoint's connector.json describes (no `kind`: the resampler, as before it had one)."""
+    from vlmtrack.model.idefics2_connector import KIND, Idefics2StyleConnector
+
+    kind = connector_kind(config)
+    config = {k: v for k, v in config.items() if k != "kind"}
+    return Idefics2StyleConnector(**config) if kind == KIND else Connector(**config)
+
+
+def visual_length(m) -> int:
+    """Positions a connector of model config m fills per image: its latents, and for idefics2 a boundary
+    token on each side."""
+    return m.num_latents + (2 if m.connector == IDEFICS2 else 0)
+
+
+def new_connector(m, backbone) -> nn.Module:
+    """A fresh connector for model config m (ModelConfig) between the backbone's towers."""
+    from vlmtrack.model.idefics2_connector import KIND, Idefics2StyleConnector
+
+    if m.connector != KIND:
+        return Connector(backbone.vision_dim, backbone.llm_dim, m.num_latents, m.resampler_depth,
+                         m.resampler_heads, m.resampler_ffn_mult, m.vision_ln)
+    text = backbone.llm.config
+    connector = Idefics2StyleConnector(backbone.vision_dim, backbone.llm_dim, text.intermediate_size,
+                                       text.hidden_act, text.rms_norm_eps, m.num_latents, m.resampler_depth,
+                                       m.resampler_heads)
+    with torch.no_grad():  # the boundary token starts where the LLM's own row for it is
+        connector.boundary.copy_(backbone.llm.get_input_embeddings().weight[backbone.boundary_token_id])
+    return connector

@@ -12,6 +12,8 @@ from pathlib import Path
 
 from safetensors.torch import load_file
 
+from vlmtrack.config import RESAMPLER
+
 CHECKPOINTS = "checkpoints"
 WEIGHTS_FILE = "connector.safetensors"
 META_FILE = "connector.json"
@@ -46,6 +48,12 @@ def load_connector_weights(path: Path) -> tuple[dict, dict]:
     if not (path / WEIGHTS_FILE).exists():
         raise FileNotFoundError(f"'{path}' is not a connector checkpoint (no {WEIGHTS_FILE})")
     return load_file(str(path / WEIGHTS_FILE)), json.loads((path / META_FILE).read_text())
+
+
+def connector_kind(connector_config: dict) -> str:
+    """model.connector of a checkpoint's connector.json `connector`: checkpoints from before there was a
+    choice name none and hold the resampler."""
+    return connector_config.get("kind", RESAMPLER)
 
 
 def tower_reference(name_or_path: str) -> str:

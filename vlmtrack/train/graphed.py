@@ -49,7 +49,7 @@ def static_inputs(backbone: Backbone, batch: Batch, num_latents: int) -> dict[st
     labels = torch.full((rows, width), IGNORE_INDEX, dtype=batch.labels.dtype)
     labels[:, :length] = batch.labels
     label_width = padded(max(1, int((batch.labels[:, 1:] != IGNORE_INDEX).sum(1).max())))
-    image_at, label_at, targets = static_positions(ids, labels, backbone.image_token_id, num_latents, label_width)
+    image_at, label_at, targets = static_positions(ids, labels, backbone.visual_token_ids, num_latents, label_width)
     vision = {"features": batch.features} if batch.features is not None else {"pixel_values": batch.pixel_values}
     return {"input_ids": ids, "image_at": image_at, "label_at": label_at, "targets": targets, **vision}
 

@@ -18,7 +18,7 @@ from vlmtrack.data.loader import chunks, data_workers, eval_pieces, loader, rank
 from vlmtrack.data.pipeline import SKIPPED_RECORDS, RunData, prepare_data
 from vlmtrack.files import write_jsonl
 from vlmtrack.model.backbone import Backbone, load_backbone
-from vlmtrack.model.connector import Connector
+from vlmtrack.model.connector import new_connector
 from vlmtrack.model.feature_cache import store_for_run
 from vlmtrack.model.kernels import compile_body, compile_connector, compile_tower, use_compile, use_fused_kernels
 from vlmtrack.runtime import distributed as dist
@@ -60,7 +60,7 @@ class Run:
     def main(self) -> bool:
         return dist.is_main()
 
-    def connectors(self) -> list[Connector]:
+    def connectors(self) -> list[torch.nn.Module]:
         return [tr.connector for tr in self.active]
 
     def eval_loader(self, batches: list[list[int]]):
@@ -108,7 +108,8 @@ def set_up_run(trials: list[Trial], log=print) -> Run:
     device, dtype = device_and_dtype(base)
     torch.manual_seed(t.seed)
     # frozen towers are stored in the compute dtype
-    backbone = load_backbone(base.model.llm, base.model.vision, dtype, base.model.trust_remote_code).to(device)
+    backbone = load_backbone(base.model.llm, base.model.vision, dtype, base.model.trust_remote_code,
+                             base.model.connector).to(device)
     sequences_per_step = t.batch_size // world * len(trials)
     graphs_on = use_cuda_graphs(t.cuda_graphs, device, sequences_per_step)
     workers, pin = data_workers(base.data.num_workers, device), device.type == "cuda"
@@ -176,7 +177,8 @@ def load_data(trials: list[Trial], backbone: Backbone, device: torch.device, wor
     def dataset(positions, on_bad_image="fail"):
         return CaptionDataset(data.samples, data.metas, positions, backbone.tokenizer, backbone.image_processor,
                               data.image_root, backbone.image_token_id, base.model.num_latents,
-                              base.data.max_seq_len, on_bad_image, features, backbone.tower_dtype)
+                              base.data.max_seq_len, on_bad_image, features, backbone.tower_dtype,
+                              backbone.boundary_token_id)
 
     return data, dataset(data.split.train, base.data.on_bad_image), dataset(data.split.eval)
 
@@ -200,8 +202,7 @@ def start_trial(run: Run, trial: Trial, compiled: bool) -> None:
     params and provenance tags logged."""
     m, tc, backbone, data = trial.cfg.model, trial.cfg.train, run.backbone, run.data
     torch.manual_seed(tc.seed)
-    trial.connector = Connector(backbone.vision_dim, backbone.llm_dim, m.num_latents, m.resampler_depth,
-                                m.resampler_heads, m.resampler_ffn_mult, m.vision_ln).to(run.device)
+    trial.connector = new_connector(m, backbone).to(run.device)
     trial.train_forward = compile_connector(trial.connector) if compiled else trial.connector
     trial.optimizer = torch.optim.AdamW(trial.connector.parameters(), lr=tc.lr, weight_decay=tc.weight_decay,
                                         fused=run.device.type == "cuda")

@@ -12,6 +12,7 @@ import torch
 from vlmtrack.data.loader import train_batches
 from vlmtrack.data.pipeline import BAD_SAMPLES
 from vlmtrack.files import write_jsonl
+from vlmtrack.model.connector import visual_length
 from vlmtrack.model.forward import batch_losses
 from vlmtrack.runtime import distributed as dist
 from vlmtrack.runtime.device import autocast
@@ -130,7 +131,7 @@ class Stepper:
         run = self.run
         if run.graphs_on and not (self.graphs and self.graphs.failed):
             if self.graphs is None or not self.graphs.serves(run.connectors()):  # the first step, or a trial failed
-                self.graphs = GraphedSteps(run.backbone, run.connectors(), run.dtype, run.cfg.model.num_latents,
+                self.graphs = GraphedSteps(run.backbone, run.connectors(), run.dtype, visual_length(run.cfg.model),
                                            run.log)
             losses = self.graphs.step(b, tokens)
             if losses is not None:
