@@ -6,7 +6,7 @@ import shlex
 import sys
 import traceback
 
-from vlmtrack.config import ConfigError, check_sweep, load_config
+from vlmtrack.config import IDEFICS2, RESAMPLER, ConfigError, check_sweep, load_config
 
 DESCRIPTION = """Train and judge the connector of a vision-language model (stage-1 alignment), tracked in MLflow.
 
@@ -152,7 +152,7 @@ def _bench(args) -> None:
     from vlmtrack.bench.run import main as bench
 
     rows, summary = bench(args.preset, args.images, args.batch, args.steps, args.sweep_steps, args.workers,
-                          one_by_one_steps=args.one_by_one_steps, parts=args.parts)
+                          one_by_one_steps=args.one_by_one_steps, parts=args.parts, connector=args.connector)
     if not args.no_track:
         from vlmtrack.tracking.mlflow_tracker import MlflowTracker
 
@@ -249,6 +249,8 @@ def build_parser() -> argparse.ArgumentParser:
                             "side), one_by_one (the six one after another, extrapolated), sweep_long (the six on "
                             "~35-token captions), p1 (one epoch of the spec's P1 run)")
     bench.add_argument("--workers", type=int, default=12, help="data-loader worker processes")
+    bench.add_argument("--connector", default=RESAMPLER, choices=[RESAMPLER, IDEFICS2],
+                       help="model.connector of every vlmtrack regime (the HF-style baseline keeps the resampler)")
     bench.add_argument("--experiment", default=None, help="MLflow experiment (default: vlmtrack-bench)")
     bench.add_argument("--no-track", action="store_true", help="print only, log nothing to MLflow")
     bench.set_defaults(func=_bench)

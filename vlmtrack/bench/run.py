@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 import yaml
 
-from vlmtrack.config import Config, load_config, set_axes
+from vlmtrack.config import RESAMPLER, Config, load_config, set_axes
 from vlmtrack.demo import synth
 from vlmtrack.demo.tokenizer import build_tokenizer
 from vlmtrack.model.random_init import save_random_qwen3, save_random_siglip
@@ -246,11 +246,13 @@ def sweep_time(cfg: Config, steps: int, side_by_side: bool, log) -> tuple[float,
 
 
 def main(preset: str = "small", images: int = 5000, batch: int = 512, steps: int = 40, sweep_steps: int = 2000,
-         workers: int = 12, log=print, one_by_one_steps: int = 200, parts: str = "baseline,loop,tracked,sweep,one_by_one"):
+         workers: int = 12, log=print, one_by_one_steps: int = 200, parts: str = "baseline,loop,tracked,sweep,one_by_one",
+         connector: str = RESAMPLER):
     """`parts` (comma-separated) picks what runs: baseline (HF-style, spec, torch kernels), loop (fused
     kernels, live tower and feature cache), tracked (the cached run again with MLflow tracking), compiled
     (train.compile=on, live and cached), sweep (the six trials side by side), one_by_one (the same six
-    trials one after another, `one_by_one_steps` each, extrapolated to `sweep_steps`), sweep_long (the six
+    trials one after another, `one_by_one_steps` each, extrapolated to `sweep_steps`); every regime trains
+    `connector` (model.connector), sweep_long (the six
     trials side by side on the same images with ~35-token captions), p1 (one epoch of the spec's P1 run)."""
     parts = set(parts.split(","))
     root = Path(tempfile.mkdtemp(prefix="vlmtrack-bench-"))
@@ -270,6 +272,7 @@ def main(preset: str = "small", images: int = 5000, batch: int = 512, steps: int
 
     def cfg(name, b, n, **kw):
         c = bench_config(paths, data, root / name, b, n, workers=workers, **kw)
+        c.model.connector = connector
         c.data.group_by_length = c.train.kernels != "torch"  # the optimised regimes pad little
         return c
 
@@ -324,7 +327,7 @@ def main(preset: str = "small", images: int = 5000, batch: int = 512, steps: int
             log(f"[bench] six trials one by one, {n} steps: {alone:.0f} s, {alone_step:.4f} s per step")
     if "p1" in parts:
         summary["p1"] = p1_epoch(paths, root, workers, log)
-    print_table(rows, device, preset, batch, fps, summary)
+    print_table(rows, device, preset, batch, fps, summary, connector)
     return rows, summary
 
 
@@ -334,8 +337,8 @@ def _mlflow_tracker(root: Path):
     return MlflowTracker(experiment="bench", run_name="tracked", tracking_uri=f"sqlite:///{root}/mlflow.db")
 
 
-def print_table(rows, device, preset, batch, fps, summary) -> None:
-    print(f"\n## vlmtrack bench: preset {preset} on {device}, torch {torch.__version__}, "
+def print_table(rows, device, preset, batch, fps, summary, connector: str = RESAMPLER) -> None:
+    print(f"\n## vlmtrack bench: preset {preset} on {device}, torch {torch.__version__}, connector {connector}, "
           f"{fps / 1e9:.0f} GFLOP per sample")
     print("| regime | samples/s | step p50 s | step p90 s | data wait | TFLOP/s | MFU | peak GiB | full eval s | golden-64 s |")
     print("|---|---|---|---|---|---|---|---|---|---|")
