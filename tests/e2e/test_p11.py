@@ -60,8 +60,10 @@ def test_split_and_checkpoint_artifacts(run):
     client, r, demo = run
     splits = [f.path for f in client.list_artifacts(r.info.run_id, "splits")]
     assert splits == ["splits/split_seed42_eval2000.json"]
-    last = r.data.tags["last_checkpoint"]
-    files = {f.path.rsplit("/", 1)[1] for f in client.list_artifacts(r.info.run_id, last)}
+    last = r.data.tags["last_checkpoint"]  # checkpoints/step_N: a logged model of the run (its files once)
+    (model,) = client.search_logged_models([r.info.experiment_id], filter_string=(
+        f"source_run_id='{r.info.run_id}' AND tags.`vlmtrack.checkpoint`='{last}'"))
+    files = {f.path for f in client.list_logged_model_artifacts(model.model_id)}
     assert files == {"connector.safetensors", "connector.json"}
     metrics = json.loads((demo["out"] / "metrics.json").read_text())
     assert metrics["split"]["bucket_counts"] == {"short": 666, "medium": 666, "long": 668}

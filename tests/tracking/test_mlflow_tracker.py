@@ -97,18 +97,28 @@ def test_experiments_open_on_training_runs_in_the_ui(store):
 
 
 def test_a_checkpoint_a_registered_model_uses_is_never_deleted(store, tmp_path):
-    """Retention removes a run's checkpoint artifacts through the artifact repository, except a folder a
-    registered model version was made from."""
+    """Retention deletes a checkpoint's logged model with its files, except one a registered model version was
+    made from (its logged model, or a runs:/ path: checkpoints logged as run artifacts before they were logged
+    models go the same way, and step_16's version does not protect step_160)."""
+    from vlmtrack.tracking.artifacts import STEP_TAG, checkpoint_models
+
     folder = tmp_path / "ckpt"
     folder.mkdir()
     (folder / "connector.json").write_text("{}")
     tr = MlflowTracker(experiment="keep", run_name="r")
-    for step in (4, 8):
+    for step in (4, 8, 12):
+        tr.log_checkpoint(step, [folder / "connector.json"], {"eval_loss": 1.0 / step})
+    for step in (16, 160):  # the older layout: run artifacts
         tr.log_artifact(folder / "connector.json", f"checkpoints/step_{step}")
     tr.flush()
+    (at_8,) = checkpoint_models(store, tr.run_id, 8)
     store.create_registered_model("connector")
-    store.create_model_version("connector", f"runs:/{tr.run_id}/checkpoints/step_4", run_id=tr.run_id)
-    tr.delete_artifacts("checkpoints/step_4")
-    tr.delete_artifacts("checkpoints/step_8")
+    store.create_model_version("connector", f"models:/{at_8.model_id}", run_id=tr.run_id, model_id=at_8.model_id)
+    store.create_model_version("connector", f"runs:/{tr.run_id}/checkpoints/step_16", run_id=tr.run_id)
+    for step in (4, 8, 12, 16, 160):
+        tr.delete_checkpoint(step)
     tr.finish()
-    assert [f.path for f in store.list_artifacts(tr.run_id, "checkpoints")] == ["checkpoints/step_4"]
+    live = store.search_logged_models([tr.experiment_id], filter_string=f"source_run_id='{tr.run_id}'")
+    assert [m.tags[STEP_TAG] for m in live] == ["8"]
+    assert [f.path for f in store.list_artifacts(tr.run_id, "checkpoints")] == ["checkpoints/step_16"]
+    assert not tr.errors

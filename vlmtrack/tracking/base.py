@@ -10,6 +10,8 @@ import traceback
 from pathlib import Path
 from typing import Protocol
 
+from vlmtrack.model.connector_io import checkpoint_name
+
 
 class Tracker(Protocol):
     run_id: str | None
@@ -21,7 +23,8 @@ class Tracker(Protocol):
                   image_column: str | None = None) -> None: ...
     def log_artifact(self, path: Path, artifact_path: str | None = None) -> None: ...
     def log_figure(self, figure, artifact_file: str) -> None: ...
-    def delete_artifacts(self, artifact_path: str, run_id: str | None = None) -> None: ...
+    def log_checkpoint(self, step: int, files: list[Path], metrics: dict) -> None: ...
+    def delete_checkpoint(self, step: int, run_id: str | None = None) -> None: ...
     def finish(self, status: str = "FINISHED", error: str | None = None) -> None: ...
 
 
@@ -82,10 +85,18 @@ class JsonlTracker:
     def log_figure(self, figure, artifact_file: str) -> None:
         self._emit("figure", artifact_file=artifact_file)
 
-    def delete_artifacts(self, artifact_path: str, run_id: str | None = None) -> None:
+    def log_checkpoint(self, step: int, files: list[Path], metrics: dict) -> None:
+        if self.artifact_dir:
+            dest = self.artifact_dir / checkpoint_name(step)
+            dest.mkdir(parents=True, exist_ok=True)
+            for f in files:
+                shutil.copy2(f, dest / Path(f).name)
+        self._emit("checkpoint", step=step, files=[Path(f).name for f in files], metrics=metrics)
+
+    def delete_checkpoint(self, step: int, run_id: str | None = None) -> None:
         if self.artifact_dir and run_id in (None, self.run_id):
-            shutil.rmtree(self.artifact_dir / artifact_path, ignore_errors=True)
-        self._emit("delete", artifact_path=artifact_path, run_id=run_id)
+            shutil.rmtree(self.artifact_dir / checkpoint_name(step), ignore_errors=True)
+        self._emit("delete_checkpoint", step=step, run_id=run_id)
 
     def finish(self, status: str = "FINISHED", error: str | None = None) -> None:
         if self.status:  # the first status wins
@@ -105,5 +116,6 @@ class NullTracker:
     def log_table(self, rows, artifact_file, image_root=None, image_column=None): pass
     def log_artifact(self, path, artifact_path=None): pass
     def log_figure(self, figure, artifact_file): pass
-    def delete_artifacts(self, artifact_path, run_id=None): pass
+    def log_checkpoint(self, step, files, metrics): pass
+    def delete_checkpoint(self, step, run_id=None): pass
     def finish(self, status="FINISHED", error=None): pass

@@ -7,6 +7,7 @@ counted); any other failing call is reported and dropped. The run never dies for
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import posixpath
@@ -17,6 +18,9 @@ import threading
 import time
 from collections import deque
 from pathlib import Path
+
+from vlmtrack.model.connector_io import checkpoint_name
+from vlmtrack.tracking.artifacts import delete_checkpoint_model, log_checkpoint_model, used_by_registered_versions
 
 DEFAULT_EXPERIMENT = "vlmtrack"
 METRIC_FLUSH_S = 5.0
@@ -60,6 +64,7 @@ class MlflowTracker:
             if parent_run_id:
                 run_tags["mlflow.parentRunId"] = parent_run_id
             self.run_id = self.client.create_run(exp_id, run_name=run_name, tags=run_tags).info.run_id
+        self._experiment: str | None = None
         self._mark_training_experiment()
         self.errors: list[str] = []
         self.finished = False
@@ -73,6 +78,11 @@ class MlflowTracker:
         self._images_logged: set[str] = set()
         self._images_failed: set[str] = set()
         self._tables: set[str] = set()  # listed in mlflow.loggedArtifacts
+        self._checkpoint_models: dict[tuple[str, int], str] = {}  # (run id, step) -> logged model id
+        self._eval_dataset: tuple[str, str] | None = None  # (name, digest) of the eval set, once logged
+        self._times_step, self._metric_times = -1, {}  # the latest step's metrics: name -> timestamp
+        self._system: threading.Thread | None = None
+        self._system_stop = threading.Event()
         self._queue: queue.Queue = queue.Queue()
         self._done = threading.Condition()
         self._submitted = self._settled = 0  # calls queued / delivered or dropped: what flush() waits on
@@ -98,7 +108,9 @@ class MlflowTracker:
 
     @property
     def experiment_id(self) -> str:
-        return self.client.get_run(self.run_id).info.experiment_id
+        if self._experiment is None:
+            self._experiment = self.client.get_run(self.run_id).info.experiment_id
+        return self._experiment
 
     # -- the background worker -------------------------------------------------------------
     # Calls wait in `held` (oldest first) until delivered or dropped. Items: (what, payload, n) where
@@ -279,6 +291,9 @@ class MlflowTracker:
 
         now = int(time.time() * 1000)
         self._last_step = int(step)
+        if step != self._times_step:
+            self._times_step, self._metric_times = int(step), {}
+        self._metric_times.update(dict.fromkeys(metrics, now))
         self._metrics += [Metric(k, float(v), now, int(step)) for k, v in metrics.items()]
         if len(self._metrics) >= METRIC_BATCH or time.monotonic() - self._last_flush > METRIC_FLUSH_S:
             self._flush_metrics()
@@ -374,24 +389,62 @@ class MlflowTracker:
                 self.client.log_artifacts(self.run_id, tmp, "golden/images")
         self._images_logged.update(done)
 
-    def delete_artifacts(self, artifact_path: str, run_id: str | None = None) -> None:
-        """Removes an artifact folder of this run (or of `run_id`: an earlier attempt of the same training),
-        in order after what was queued before. MlflowClient has no call for it; the run's artifact
-        repository has (local, S3, the server's proxied store). A folder a registered model version was
-        made from is kept."""
-        run_id = run_id or self.run_id
-        self._submit("delete_artifacts", lambda: self._delete_artifacts(run_id, artifact_path))
-
     def _delete_artifacts(self, run_id: str, artifact_path: str) -> None:
+        """Removes an artifact folder of a run (a checkpoint logged as run artifacts), unless a registered model
+        version was made from it. MlflowClient has no call for it; the run's artifact repository has (local,
+        S3, the server's proxied store)."""
         from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
 
-        users = [f"{v.name} v{v.version}" for v in self.client.search_model_versions(f"run_id='{run_id}'")
-                 if artifact_path in (v.source or "")]
-        if users:
+        if users := used_by_registered_versions(self.client, run_id, None, artifact_path):
             _warn(f"{artifact_path} of run {run_id} is kept: registered model version {', '.join(users)} uses it")
             return
-        repo = get_artifact_repository(self.client.get_run(run_id).info.artifact_uri, self.client._tracking_client.tracking_uri)
+        repo = get_artifact_repository(self.client.get_run(run_id).info.artifact_uri,
+                                       self.client._tracking_client.tracking_uri)
         repo.delete_artifacts(artifact_path)
+
+    def log_checkpoint(self, step: int, files: list[Path], metrics: dict) -> None:
+        """The checkpoint's files as a logged model of this run at `step` (stored once: not also as run
+        artifacts), with `metrics` (the step's eval) linked to it, so that `search_logged_models` ranks a
+        run's checkpoints by eval loss.
+
+        Why the metrics are sent again here: at a step the loop evaluates first and saves last (retention needs
+        the step's eval to know the best checkpoint), so the model does not exist yet when the eval metrics
+        are logged. They are re-sent with the model's id and the timestamps they were logged with: the store
+        keeps a single run-metric row per (name, step, timestamp, value), so the run's history does not change,
+        and the model gets its rows. The eval metrics also name the eval set (dataset name and digest)."""
+        from mlflow.entities import Metric
+
+        self._flush_metrics()  # the run's rows first, so that the re-sent ones match them
+        now = int(time.time() * 1000)
+        times = self._metric_times if step == self._times_step else {}
+        dataset = self._eval_dataset if self._eval_dataset else (None, None)
+        linked = [Metric(k, float(v), times.get(k, now), int(step), dataset_name=dataset[0],
+                         dataset_digest=dataset[1]) for k, v in metrics.items()]
+        files, state, exp = [Path(f) for f in files], {}, self.experiment_id
+
+        def log():
+            try:
+                self._checkpoint_models[(self.run_id, step)] = log_checkpoint_model(
+                    self.client, self.run_id, exp, step, files, linked, state)
+            except Exception as e:
+                if "model_id" in state and not _server_away(e):  # it stays listed, as FAILED
+                    with contextlib.suppress(Exception):
+                        self.client.finalize_logged_model(state["model_id"], "FAILED")
+                raise
+        self._submit("log_checkpoint", log)
+
+    def delete_checkpoint(self, step: int, run_id: str | None = None) -> None:
+        """Retention: the checkpoint's logged model of this run (or of `run_id`: an earlier attempt of the same
+        training) goes, with its artifacts, in order after what was queued before; one that a registered
+        model version was made from is kept. A checkpoint logged as run artifacts (before checkpoints were
+        logged models) is removed from the run's artifacts."""
+        run_id = run_id or self.run_id
+
+        def delete():
+            known = [m for m in [self._checkpoint_models.pop((run_id, step), None)] if m]
+            if not delete_checkpoint_model(self.client, run_id, step, known, _warn):
+                self._delete_artifacts(run_id, checkpoint_name(step))
+        self._submit("delete_checkpoint", delete)
 
     def link_resumed(self, previous_run_id: str) -> None:
         """This run continues `previous_run_id` (its process was killed: a SIGKILLed process cannot
