@@ -31,6 +31,7 @@ def sweep_cfg(tiny_paths, tmp_path):
 
 def test_sweep_runs_each_grid_point_once_and_summarises(tiny_paths, tmp_path):
     cfg = sweep_cfg(tiny_paths, tmp_path)
+    cfg.train.quick_eval_steps = 1  # quick evals at steps 1, 2, 3: each trial's learning curve in Optuna
     parent, children = tracker(), []
 
     def make(name, parent_id):
@@ -50,6 +51,8 @@ def test_sweep_runs_each_grid_point_once_and_summarises(tiny_paths, tmp_path):
         child = next(c for c in children if c.run_id == a["mlflow_run_id"])
         assert child.parent == parent.run_id and child.status == "FINISHED"
         assert any(e["kind"] == "tags" and e["tags"].get("optuna_trial_number") == t.number for e in child.events)
+        assert t.intermediate_values == dict(child.metrics("quick_eval_loss")) and sorted(t.intermediate_values) == [1, 2, 3]
+        assert [e["kind"] for e in child.events].count("datasets") == 1  # every trial logs its lineage
     tables = [e["artifact_file"] for e in parent.events if e["kind"] == "table"]
     assert tables == ["sweep/summary.json", "sweep/golden_side_by_side.json"]
     figures = [e["artifact_file"] for e in parent.events if e["kind"] == "figure"]

@@ -96,7 +96,8 @@ def run_sweep(cfg: Config, parent, make_tracker, tokenizer_for_hashes, log=print
         t.set_user_attr("mlflow_run_id", tracker.run_id)
         t.set_user_attr("output_dir", tc.train.output_dir)
         log(f"[sweep] trial {t.number}: {describe_point(t.params)} -> {tc.train.output_dir}")
-        return Trial(tc, tracker, expected_hashes=(data.split.eval_hash, data.golden_hash))
+        return Trial(tc, tracker, expected_hashes=(data.split.eval_hash, data.golden_hash),
+                     on_quick_eval=reporter(t, log))
 
     while True:
         group = S.pop_trials(study, cfg, group_size)
@@ -126,6 +127,26 @@ def run_sweep(cfg: Config, parent, make_tracker, tokenizer_for_hashes, log=print
     else:
         log("[sweep] some grid points failed: re-run the sweep to retry them")
     return study
+
+
+def reporter(t: optuna.Trial, log=print) -> Callable[[float, int], None]:
+    """The trial's quick-eval losses as Optuna intermediate values (`trial.report`): optuna-dashboard draws
+    them as learning curves. A report the storage refuses is said once and counted in the trial's user attr
+    `report_failures`; the trial trains on (nothing prunes on these values)."""
+    failures = 0
+
+    def report(loss: float, step: int) -> None:
+        nonlocal failures
+        try:
+            t.report(loss, step)
+        except Exception as e:  # noqa: BLE001 - a learning-curve point is not worth a trial
+            failures += 1
+            if failures == 1:
+                log(f"[sweep] warning: trial {t.number}: Optuna did not take the quick-eval loss at step {step}: "
+                    f"{type(e).__name__}: {e}")
+            with contextlib.suppress(Exception):
+                t.set_user_attr("report_failures", failures)
+    return report
 
 
 def record_result(t: optuna.Trial, result: dict, cfg: Config) -> None:

@@ -8,8 +8,10 @@ import shutil
 import time
 import traceback
 from pathlib import Path
+from dataclasses import asdict
 from typing import Protocol
 
+from vlmtrack.data.pipeline import DatasetRecord
 from vlmtrack.model.connector_io import checkpoint_name
 
 
@@ -25,6 +27,8 @@ class Tracker(Protocol):
     def log_figure(self, figure, artifact_file: str) -> None: ...
     def log_checkpoint(self, step: int, files: list[Path], metrics: dict) -> None: ...
     def delete_checkpoint(self, step: int, run_id: str | None = None) -> None: ...
+    def log_datasets(self, datasets: list[DatasetRecord]) -> None: ...
+    def monitor_system(self) -> None: ...
     def finish(self, status: str = "FINISHED", error: str | None = None) -> None: ...
 
 
@@ -98,6 +102,12 @@ class JsonlTracker:
             shutil.rmtree(self.artifact_dir / checkpoint_name(step), ignore_errors=True)
         self._emit("delete_checkpoint", step=step, run_id=run_id)
 
+    def log_datasets(self, datasets: list[DatasetRecord]) -> None:
+        self._emit("datasets", datasets=[asdict(d) for d in datasets])
+
+    def monitor_system(self) -> None:
+        self._emit("monitor_system")
+
     def finish(self, status: str = "FINISHED", error: str | None = None) -> None:
         if self.status:  # the first status wins
             return
@@ -118,4 +128,6 @@ class NullTracker:
     def log_figure(self, figure, artifact_file): pass
     def log_checkpoint(self, step, files, metrics): pass
     def delete_checkpoint(self, step, run_id=None): pass
+    def log_datasets(self, datasets): pass
+    def monitor_system(self): pass
     def finish(self, status="FINISHED", error=None): pass

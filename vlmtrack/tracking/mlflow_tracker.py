@@ -19,8 +19,10 @@ import time
 from collections import deque
 from pathlib import Path
 
+from vlmtrack.data.pipeline import EVAL_CONTEXT, DatasetRecord
 from vlmtrack.model.connector_io import checkpoint_name
 from vlmtrack.tracking.artifacts import delete_checkpoint_model, log_checkpoint_model, used_by_registered_versions
+from vlmtrack.tracking.system_metrics import sample_system
 
 DEFAULT_EXPERIMENT = "vlmtrack"
 METRIC_FLUSH_S = 5.0
@@ -446,6 +448,33 @@ class MlflowTracker:
                 self._delete_artifacts(run_id, checkpoint_name(step))
         self._submit("delete_checkpoint", delete)
 
+    def log_datasets(self, datasets: list[DatasetRecord]) -> None:
+        """The run's data as MLflow datasets (the run page's Datasets), each with our hash as its digest and its
+        role as the input's context (train, eval, golden); a checkpoint's eval metrics then name the eval set."""
+        from mlflow.entities import Dataset, DatasetInput, InputTag
+        from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
+
+        inputs = [DatasetInput(Dataset(d.name, d.digest, "local", json.dumps({"uri": d.source}),
+                                       profile=json.dumps(d.profile)), [InputTag(MLFLOW_DATASET_CONTEXT, d.context)])
+                  for d in datasets]
+        self._eval_dataset = next(((d.name, d.digest) for d in datasets if d.context == EVAL_CONTEXT), None)
+        self._submit("log_inputs", lambda: self.client.log_inputs(self.run_id, datasets=inputs))
+
+    def monitor_system(self) -> None:
+        """System metrics (tracking/system_metrics.py) on this run until finish()."""
+        if self._system is not None:
+            return
+        uri = self.client._tracking_client.tracking_uri
+
+        def emit(metrics: dict, step: int) -> None:  # the sampler's thread: straight to the queue
+            from mlflow.entities import Metric
+
+            now = int(time.time() * 1000)
+            self._submit("log_metrics", [Metric(k, v, now, step) for k, v in metrics.items()])
+        self._system = threading.Thread(target=sample_system, args=(self.run_id, uri, emit, self._system_stop),
+                                        name="system-metrics", daemon=True)
+        self._system.start()
+
     def link_resumed(self, previous_run_id: str) -> None:
         """This run continues `previous_run_id` (its process was killed: a SIGKILLed process cannot
         mark itself): mark it KILLED if it still says RUNNING, and tag both runs with each other."""
@@ -469,6 +498,9 @@ class MlflowTracker:
         if self.finished:  # the first status wins (e.g. FAILED set by the loop before it raised)
             return
         self.finished = True
+        if self._system is not None:  # its last values go out with the rest
+            self._system_stop.set()
+            self._system.join(timeout=30)
         if error:
             self._submit("error tag", lambda: self.client.log_batch(
                 self.run_id, tags=[RunTag("error", error[:5000])]))

@@ -77,6 +77,8 @@ def full_eval(run: Run, step: int, batches: list[list[int]], kind: str = "eval")
     for tr, s in zip(run.active, sums):
         metrics = s.metrics(kind)
         tr.tracker.log_metrics(metrics, step)
+        if kind == "quick_eval" and tr.on_quick_eval:
+            tr.on_quick_eval(metrics["quick_eval_loss"], step)
         if kind == "eval":
             tr.evals.append({"step": step, **metrics})
             buckets = [b for b in run.cfg.data.bucket_names if f"eval_loss_{b}" in metrics]
