@@ -89,3 +89,24 @@ def test_sweep_side_by_side_group(tiny_paths, tmp_path, monkeypatch):
     study = run_sweep(cfg, tracker(), tracker, load_tokenizer(cfg.model.llm), log=lambda *_: None)
     assert groups == [4]  # the four grid points trained together, through one backbone pass per batch
     assert len(study.get_trials(states=(TrialState.COMPLETE,))) == 4
+
+
+def test_a_learning_curve_point_optuna_refuses_is_said_once_and_counted():
+    from vlmtrack.sweep.run import reporter
+
+    class Refusing:
+        number, user_attrs = 3, {}
+
+        def report(self, value, step):
+            raise RuntimeError("database is locked")
+
+        def set_user_attr(self, key, value):
+            self.user_attrs[key] = value
+
+    lines, trial = [], Refusing()
+    report = reporter(trial, lines.append)
+    report(1.0, 1)
+    report(0.9, 2)  # the trial trains on
+    assert lines == ["[sweep] warning: trial 3: Optuna did not take the quick-eval loss at step 1: "
+                     "RuntimeError: database is locked"]
+    assert trial.user_attrs == {"report_failures": 2}

@@ -97,7 +97,7 @@ class MlflowTracker:
         training runs are a click away: the run's experiment (Default included) is tagged as model
         training, unless someone chose a kind for it."""
         try:
-            exp_id = self.client.get_run(self.run_id).info.experiment_id
+            exp_id = self._experiment = self.client.get_run(self.run_id).info.experiment_id
             if EXPERIMENT_KIND not in self.client.get_experiment(exp_id).tags:
                 self.client.set_experiment_tag(exp_id, EXPERIMENT_KIND, TRAINING_KIND)
         except Exception as e:  # noqa: BLE001 - the UI's first view, not worth a run
@@ -422,12 +422,12 @@ class MlflowTracker:
         dataset = self._eval_dataset if self._eval_dataset else (None, None)
         linked = [Metric(k, float(v), times.get(k, now), int(step), dataset_name=dataset[0],
                          dataset_digest=dataset[1]) for k, v in metrics.items()]
-        files, state, exp = [Path(f) for f in files], {}, self.experiment_id
+        files, state = [Path(f) for f in files], {}
 
-        def log():
+        def log():  # on the worker: nothing here may wait on the server in the training thread
             try:
                 self._checkpoint_models[(self.run_id, step)] = log_checkpoint_model(
-                    self.client, self.run_id, exp, step, files, linked, state)
+                    self.client, self.run_id, self.experiment_id, step, files, linked, state)
             except Exception as e:
                 if "model_id" in state and not _server_away(e):  # it stays listed, as FAILED
                     with contextlib.suppress(Exception):

@@ -19,13 +19,18 @@ PREFIX = "system/"
 def sample_system(run_id: str, tracking_uri: str, emit, stop: threading.Event) -> None:
     """Until `stop`: every sampling interval, one sample of every monitor, emitted as `emit(metrics, step)` with
     steps 0, 1, 2, ... (MLflow's numbering of system metrics). A sample that fails is reported and skipped."""
-    from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+    try:
+        from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
 
-    # its monitors (CPU and memory, disk, network, NVIDIA or AMD GPU when present) and its interval; its own
-    # thread is never started
-    probe = SystemMetricsMonitor(run_id, sampling_interval=SAMPLE_EVERY_S, tracking_uri=tracking_uri)
-    every = float(probe.sampling_interval)
-    _sample(probe)  # psutil's first CPU reading covers nothing: taken and dropped
+        # its monitors (CPU and memory, disk, network, NVIDIA or AMD GPU when present) and its interval; its
+        # own thread is never started
+        probe = SystemMetricsMonitor(run_id, sampling_interval=SAMPLE_EVERY_S, tracking_uri=tracking_uri)
+        every = float(probe.sampling_interval)
+        _sample(probe)  # psutil's first CPU reading covers nothing: taken and dropped
+    except Exception as e:  # noqa: BLE001 - e.g. psutil missing: the run trains without system metrics
+        print(f"[mlflow] warning: no system metrics for this run ({type(e).__name__}: {e}); `pip install psutil`, "
+              "or set train.system_metrics=false", file=sys.stderr)
+        return
     step, failures = 0, 0
     while not stop.wait(every):
         try:
