@@ -24,10 +24,10 @@ def model_tags(step: int) -> dict:
     return {STEP_TAG: str(step), CHECKPOINT_TAG: checkpoint_name(step)}
 
 
-def checkpoint_models(client, run_id: str, step: int, experiment_id: str | None = None) -> list:
+def checkpoint_models(client, run_id: str, step: int) -> list:
     """The live logged models of `run_id` saved at `step` (normally one; none for a checkpoint logged as run
     artifacts, or one that retention deleted)."""
-    exp = experiment_id or client.get_run(run_id).info.experiment_id
+    exp = client.get_run(run_id).info.experiment_id
     found = client.search_logged_models(
         [exp], filter_string=f"source_run_id = '{run_id}' AND tags.`{STEP_TAG}` = '{step}'")
     return [m for m in found if m.tags.get(STEP_TAG) == str(step)]
