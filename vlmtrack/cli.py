@@ -204,7 +204,7 @@ def build_parser() -> argparse.ArgumentParser:
     for name, func, text in [("ablate", _ablate, "vision ablations on a saved connector checkpoint"),
                              ("golden", _golden, "golden-set captions from a saved connector checkpoint")]:
         cmd = sub.add_parser(name, parents=[debug], help=text)
-        cmd.add_argument("checkpoint", help="checkpoints/step_N folder or runs:/<run_id>/checkpoints/step_N")
+        cmd.add_argument("checkpoint", help="checkpoints/step_N folder, runs:/<run_id>/checkpoints/step_N or models:/<logged model id>")
         cmd.add_argument("--no-track", action="store_true", help="print only, log nothing to MLflow")
         cmd.set_defaults(func=func)
     for cmd in (train, sweep, *[sub.choices[n] for n in ("ablate", "golden")]):

@@ -61,8 +61,23 @@ def test_split_and_checkpoint_artifacts(run):
     client, r, demo = run
     splits = [f.path for f in client.list_artifacts(r.info.run_id, "splits")]
     assert splits == ["splits/split_seed42_eval2000.json"]
-    last = r.data.tags["last_checkpoint"]
-    files = {f.path.rsplit("/", 1)[1] for f in client.list_artifacts(r.info.run_id, last)}
+    last = r.data.tags["last_checkpoint"]  # checkpoints/step_N: a logged model of the run (its files once)
+    (model,) = client.search_logged_models([r.info.experiment_id], filter_string=(
+        f"source_run_id='{r.info.run_id}' AND tags.`vlmtrack.checkpoint`='{last}'"))
+    files = {f.path for f in client.list_logged_model_artifacts(model.model_id)}
     assert files == {"connector.safetensors", "connector.json"}
     metrics = json.loads((demo["out"] / "metrics.json").read_text())
     assert metrics["split"]["bucket_counts"] == {"short": 666, "medium": 666, "long": 668}
+
+
+def test_datasets_and_system_metrics_of_the_demo_run(run):
+    """The run's lineage (the train split, eval set and golden set as MLflow datasets, digested by our hashes)
+    and its system metrics, sampled every 10 s while the ~2-minute CPU run trained (train.system_metrics)."""
+    client, r, _ = run
+    inputs = {next(t.value for t in d.tags if t.key == "mlflow.data.context"): d.dataset for d in r.inputs.dataset_inputs}
+    assert {k: d.digest for k, d in inputs.items()} == {"train": r.data.tags["train_split_hash"],
+                                                         "eval": r.data.tags["split_hash"],
+                                                         "golden": r.data.tags["golden_hash"]}
+    cpu = client.get_metric_history(r.info.run_id, "system/cpu_utilization_percentage")
+    assert len(cpu) >= 3 and all(0 <= m.value <= 100 for m in cpu)
+    assert {"system/system_memory_usage_megabytes", "system/disk_usage_percentage"} <= set(r.data.metrics)

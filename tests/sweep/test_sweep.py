@@ -31,6 +31,7 @@ def sweep_cfg(tiny_paths, tmp_path):
 
 def test_sweep_runs_each_grid_point_once_and_summarises(tiny_paths, tmp_path):
     cfg = sweep_cfg(tiny_paths, tmp_path)
+    cfg.train.quick_eval_steps = 1  # quick evals at steps 1, 2, 3: each trial's learning curve in Optuna
     parent, children = tracker(), []
 
     def make(name, parent_id):
@@ -50,6 +51,8 @@ def test_sweep_runs_each_grid_point_once_and_summarises(tiny_paths, tmp_path):
         child = next(c for c in children if c.run_id == a["mlflow_run_id"])
         assert child.parent == parent.run_id and child.status == "FINISHED"
         assert any(e["kind"] == "tags" and e["tags"].get("optuna_trial_number") == t.number for e in child.events)
+        assert t.intermediate_values == dict(child.metrics("quick_eval_loss")) and sorted(t.intermediate_values) == [1, 2, 3]
+        assert [e["kind"] for e in child.events].count("datasets") == 1  # every trial logs its lineage
     tables = [e["artifact_file"] for e in parent.events if e["kind"] == "table"]
     assert tables == ["sweep/summary.json", "sweep/golden_side_by_side.json"]
     figures = [e["artifact_file"] for e in parent.events if e["kind"] == "figure"]
@@ -120,3 +123,24 @@ def test_a_worker_leaving_early_ends_the_shared_parent_only_when_no_other_worker
     with ending_parent(study, cfg, parent):  # no error, but the grid is not complete: a re-run is due
         pass
     assert parent.status == "FAILED" and "re-run the sweep" in parent.events[-1]["error"]
+
+
+def test_a_learning_curve_point_optuna_refuses_is_said_once_and_counted():
+    from vlmtrack.sweep.run import reporter
+
+    class Refusing:
+        number, user_attrs = 3, {}
+
+        def report(self, value, step):
+            raise RuntimeError("database is locked")
+
+        def set_user_attr(self, key, value):
+            self.user_attrs[key] = value
+
+    lines, trial = [], Refusing()
+    report = reporter(trial, lines.append)
+    report(1.0, 1)
+    report(0.9, 2)  # the trial trains on
+    assert lines == ["[sweep] warning: trial 3: Optuna did not take the quick-eval loss at step 1: "
+                     "RuntimeError: database is locked"]
+    assert trial.user_attrs == {"report_failures": 2}

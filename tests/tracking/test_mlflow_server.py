@@ -44,10 +44,13 @@ def test_training_logs_to_a_tracking_server_over_http(server, tiny_paths, tmp_pa
     image = table["data"][0][0]
     images = {f.path for f in client.list_artifacts(run.info.run_id, "golden/images")}
     assert image["type"] == "image" and {image["filepath"], image["compressed_filepath"]} <= images
-    files = {f.path for f in client.list_artifacts(run.info.run_id, "checkpoints/step_8")}
-    assert files == {"checkpoints/step_8/connector.safetensors", "checkpoints/step_8/connector.json"}
-    # train.keep_checkpoints=1: step_4 removed from the server's artifact store (the best eval is step 8's)
-    assert [f.path for f in client.list_artifacts(run.info.run_id, "checkpoints")] == ["checkpoints/step_8"]
+    # checkpoints are logged models; train.keep_checkpoints=1: step_4's deleted through the server (the best
+    # eval is step 8's)
+    (model,) = client.search_logged_models([exp.experiment_id], filter_string=f"source_run_id='{run.info.run_id}'")
+    assert model.name == "step_8" and {m.key for m in model.metrics} >= {"eval_loss"}
+    files = {f.path for f in client.list_logged_model_artifacts(model.model_id)}
+    assert files == {"connector.safetensors", "connector.json"}
+    assert not client.list_artifacts(run.info.run_id, "checkpoints")
     assert [p.name for p in (tmp_path / "out" / "checkpoints").iterdir()] == ["step_8"]
     local = client.download_artifacts(run.info.run_id, "metrics.json", str(tmp_path / "dl"))
     assert '"final_eval"' in open(local).read()

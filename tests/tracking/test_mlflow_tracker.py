@@ -1,4 +1,5 @@
 import json
+from pathlib import Path
 
 from vlmtrack.tracking.mlflow_tracker import MlflowTracker
 
@@ -97,21 +98,65 @@ def test_experiments_open_on_training_runs_in_the_ui(store):
 
 
 def test_a_checkpoint_a_registered_model_uses_is_never_deleted(store, tmp_path):
-    """Retention removes a run's checkpoint artifacts through the artifact repository, except a folder a
-    registered model version was made from."""
+    """Retention deletes a checkpoint's logged model with its files, except one a registered model version was
+    made from (its logged model, or a runs:/ path: checkpoints logged as run artifacts before they were logged
+    models go the same way, and step_16's version does not protect step_160)."""
+    from vlmtrack.tracking.artifacts import STEP_TAG, checkpoint_models
+
     folder = tmp_path / "ckpt"
     folder.mkdir()
     (folder / "connector.json").write_text("{}")
     tr = MlflowTracker(experiment="keep", run_name="r")
-    for step in (4, 8):
+    for step in (4, 8, 12):
+        tr.log_checkpoint(step, [folder / "connector.json"], {"eval_loss": 1.0 / step})
+    for step in (16, 160):  # the older layout: run artifacts
         tr.log_artifact(folder / "connector.json", f"checkpoints/step_{step}")
     tr.flush()
+    (at_8,) = checkpoint_models(store, tr.run_id, 8)
     store.create_registered_model("connector")
-    store.create_model_version("connector", f"runs:/{tr.run_id}/checkpoints/step_4", run_id=tr.run_id)
-    tr.delete_artifacts("checkpoints/step_4")
-    tr.delete_artifacts("checkpoints/step_8")
+    store.create_model_version("connector", f"models:/{at_8.model_id}", run_id=tr.run_id, model_id=at_8.model_id)
+    store.create_model_version("connector", f"runs:/{tr.run_id}/checkpoints/step_16", run_id=tr.run_id)
+    for step in (4, 8, 12, 16, 160):
+        tr.delete_checkpoint(step)
     tr.finish()
-    assert [f.path for f in store.list_artifacts(tr.run_id, "checkpoints")] == ["checkpoints/step_4"]
+    live = store.search_logged_models([tr.experiment_id], filter_string=f"source_run_id='{tr.run_id}'")
+    assert [m.tags[STEP_TAG] for m in live] == ["8"]
+    assert [f.path for f in store.list_artifacts(tr.run_id, "checkpoints")] == ["checkpoints/step_16"]
+    assert not tr.errors
+
+
+def test_a_checkpoint_save_survives_an_outage_and_a_refused_one_is_counted(store, tmp_path, monkeypatch):
+    """A save is one queued call: held while the server is away and retried whole, with the model made once; a
+    save the store refuses for good leaves its model FAILED and is counted in tracking_failed_calls."""
+    import requests
+
+    from vlmtrack.tracking import mlflow_tracker as M
+    from vlmtrack.tracking.artifacts import STEP_TAG
+
+    (tmp_path / "connector.json").write_text("{}")
+    monkeypatch.setattr(M, "RETRY_S", 0.01)
+    tr = MlflowTracker(experiment="outage", run_name="r")
+    real, calls = tr.client.log_model_artifact, []
+
+    def flaky(model_id, path, artifact_path=None):
+        calls.append(model_id)
+        if len(calls) <= 2:
+            raise requests.ConnectionError("server away")
+        if "refused" in Path(path).name:
+            raise ValueError("artifact store says no")
+        return real(model_id, path, artifact_path)
+
+    tr.client.log_model_artifact = flaky
+    tr.log_checkpoint(4, [tmp_path / "connector.json"], {"eval_loss": 1.5})
+    assert tr.flush(timeout=30)
+    (tmp_path / "refused.json").write_text("{}")
+    tr.log_checkpoint(8, [tmp_path / "refused.json"], {"eval_loss": 1.2})
+    tr.finish()
+    assert len(set(calls[:3])) == 1  # three tries, one model
+    models = {m.tags[STEP_TAG]: m for m in store.search_logged_models([tr.experiment_id])}
+    assert models["4"].status.to_int() == 2 and models["8"].status.to_int() == 3  # READY, FAILED
+    assert store.get_run(tr.run_id).data.metrics["tracking_failed_calls"] == 1
+    assert [e.split(":")[0] for e in tr.errors] == ["log_checkpoint"]
 
 
 OPENER = """

@@ -7,6 +7,7 @@ from tests.helpers.tiny_models import tiny_config
 from tests.train.test_distributed import dies_after
 from vlmtrack.data.golden import GOLDEN_HISTORY_DIR
 from vlmtrack.model.connector_io import CHECKPOINTS, latest_checkpoint
+from vlmtrack.tracking.artifacts import CHECKPOINT_TAG
 from vlmtrack.tracking.base import finishing
 from vlmtrack.tracking.mlflow_tracker import MlflowTracker
 from vlmtrack.tracking.report import load_table
@@ -45,7 +46,11 @@ def golden_steps(client, run_id) -> list[int]:
 
 
 def checkpoints_in_mlflow(client, run_ids) -> list[str]:
-    return [f.path for r in run_ids for f in client.list_artifacts(r, CHECKPOINTS)]
+    """The runs' live checkpoint models, as `checkpoints/step_N` (none is also a run artifact)."""
+    assert not [f for r in run_ids for f in client.list_artifacts(r, CHECKPOINTS)]
+    exp = client.get_run(run_ids[0]).info.experiment_id
+    return [m.tags[CHECKPOINT_TAG] for r in run_ids
+            for m in client.search_logged_models([exp], filter_string=f"source_run_id='{r}'")]
 
 
 @pytest.mark.slow

@@ -53,6 +53,21 @@ def test_training_moves_only_the_connector_and_writes_everything(tiny_paths, tmp
     assert [s for s, _ in tracker.metrics("quick_eval_loss")] == [4]
     assert [s for s, _ in tracker.metrics("train_loss")] == [2, 4, 6, 8]
     assert (out / "splits" / "split_seed42_eval48.json").exists() and (out / "config.yaml").exists()
+    # each save's checkpoint goes to the tracker with that step's full eval (step 4 has none: eval at the end)
+    saved = [(e["step"], e["files"], sorted(e["metrics"])[:2]) for e in tracker.events if e["kind"] == "checkpoint"]
+    assert saved == [(4, ["connector.safetensors", "connector.json"], []),
+                     (8, ["connector.safetensors", "connector.json"], ["eval_examples_long", "eval_examples_medium"])]
+    (datasets,) = [e["datasets"] for e in tracker.events if e["kind"] == "datasets"]
+    assert [(d["context"], d["profile"]["num_rows"]) for d in datasets] == [("train", 112), ("eval", 48), ("golden", 6)]
+    assert [e["kind"] for e in tracker.events].count("monitor_system") == 1  # train.system_metrics: on by default
+
+
+def test_system_metrics_off_with_a_config_key(tiny_paths, tmp_path):
+    tracker = JsonlTracker()
+    loop.train(tiny_config(tiny_paths, tmp_path / "run", train_steps=2, save_every=2, system_metrics=False,
+                           quick_eval_steps=0), tracker, log=lambda *_: None)
+    kinds = [e["kind"] for e in tracker.events]
+    assert "monitor_system" not in kinds and "datasets" in kinds and "checkpoint" in kinds
 
 
 def test_kill_and_resume_matches_uninterrupted_run(tiny_paths, tmp_path, monkeypatch):

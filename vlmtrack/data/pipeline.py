@@ -50,6 +50,34 @@ class Records:
         return [self.samples[i] for i in keep], [lengths[i] for i in keep]
 
 
+TRAIN_CONTEXT, EVAL_CONTEXT, GOLDEN_CONTEXT = "train", "eval", "golden"
+
+
+@dataclass(frozen=True)
+class DatasetRecord:
+    """One data set a run reads, as its lineage names it (in MLflow: a dataset input of the run)."""
+    context: str  # train | eval | golden: what the run uses it for
+    name: str
+    digest: str  # our content hash: equal digests, the same samples
+    source: str  # the file that lists its samples
+    profile: dict
+
+
+def lineage(data: RunData, data_path: str) -> list[DatasetRecord]:
+    """The train split, the eval set and the golden set of a run, digested by the hashes the run's tags and
+    the sweep's comparability checks already use."""
+    split, name = data.split, data.dataset_name
+    listed = str(split.path.resolve()) if split.path else str(Path(data_path).resolve())
+    return [
+        DatasetRecord(TRAIN_CONTEXT, f"{name}-train", split.train_hash, listed,
+                      {"num_rows": len(split.train), "data_file": str(Path(data_path).resolve())}),
+        DatasetRecord(EVAL_CONTEXT, f"{name}-eval", split.eval_hash, listed,
+                      {"num_rows": len(split.eval), "buckets": split.bucket_counts}),
+        DatasetRecord(GOLDEN_CONTEXT, f"{name}-golden{len(data.golden)}", data.golden_hash,
+                      str(Path(data.golden_path).resolve()), {"num_rows": len(data.golden)}),
+    ]
+
+
 def dataset_name(cfg: Config) -> str:
     return cfg.data.dataset_name or Path(cfg.data.data_path).stem
 

@@ -112,7 +112,8 @@ def work(study: optuna.Study, cfg: Config, parent, make_tracker, parent_run_id, 
         t.set_user_attr("mlflow_run_id", tracker.run_id)
         t.set_user_attr("output_dir", tc.train.output_dir)
         log(f"[sweep] trial {t.number}: {describe_point(t.params)} -> {tc.train.output_dir}")
-        return Trial(tc, tracker, expected_hashes=(data.split.eval_hash, data.golden_hash))
+        return Trial(tc, tracker, expected_hashes=(data.split.eval_hash, data.golden_hash),
+                     on_quick_eval=reporter(t, log))
 
     while True:
         with S.study_lock(cfg):  # a dead worker's trial is failed and its point re-queued by one worker
@@ -190,6 +191,26 @@ def ending_parent(study: optuna.Study, cfg: Config, parent):
         parent.finish("FINISHED")
     else:
         end("FAILED", "some grid points failed: re-run the sweep to retry them")
+
+
+def reporter(t: optuna.Trial, log=print) -> Callable[[float, int], None]:
+    """The trial's quick-eval losses as Optuna intermediate values (`trial.report`): optuna-dashboard draws
+    them as learning curves. A report the storage refuses is said once and counted in the trial's user attr
+    `report_failures`; the trial trains on (nothing prunes on these values)."""
+    failures = 0
+
+    def report(loss: float, step: int) -> None:
+        nonlocal failures
+        try:
+            t.report(loss, step)
+        except Exception as e:  # noqa: BLE001 - a learning-curve point is not worth a trial
+            failures += 1
+            if failures == 1:
+                log(f"[sweep] warning: trial {t.number}: Optuna did not take the quick-eval loss at step {step}: "
+                    f"{type(e).__name__}: {e}")
+            with contextlib.suppress(Exception):
+                t.set_user_attr("report_failures", failures)
+    return report
 
 
 def record_result(t: optuna.Trial, result: dict, cfg: Config) -> None:

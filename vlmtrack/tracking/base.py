@@ -8,7 +8,11 @@ import shutil
 import time
 import traceback
 from pathlib import Path
+from dataclasses import asdict
 from typing import Protocol
+
+from vlmtrack.data.pipeline import DatasetRecord
+from vlmtrack.model.connector_io import checkpoint_name
 
 
 class Tracker(Protocol):
@@ -21,8 +25,11 @@ class Tracker(Protocol):
                   image_column: str | None = None) -> None: ...
     def log_artifact(self, path: Path, artifact_path: str | None = None) -> None: ...
     def log_figure(self, figure, artifact_file: str) -> None: ...
-    def delete_artifacts(self, artifact_path: str, run_id: str | None = None) -> None: ...
     def end_run(self, run_id: str, status: str, error: str) -> None: ...
+    def log_checkpoint(self, step: int, files: list[Path], metrics: dict) -> None: ...
+    def delete_checkpoint(self, step: int, run_id: str | None = None) -> None: ...
+    def log_datasets(self, datasets: list[DatasetRecord]) -> None: ...
+    def monitor_system(self) -> None: ...
     def finish(self, status: str = "FINISHED", error: str | None = None) -> None: ...
 
 
@@ -83,10 +90,24 @@ class JsonlTracker:
     def log_figure(self, figure, artifact_file: str) -> None:
         self._emit("figure", artifact_file=artifact_file)
 
-    def delete_artifacts(self, artifact_path: str, run_id: str | None = None) -> None:
+    def log_checkpoint(self, step: int, files: list[Path], metrics: dict) -> None:
+        if self.artifact_dir:
+            dest = self.artifact_dir / checkpoint_name(step)
+            dest.mkdir(parents=True, exist_ok=True)
+            for f in files:
+                shutil.copy2(f, dest / Path(f).name)
+        self._emit("checkpoint", step=step, files=[Path(f).name for f in files], metrics=metrics)
+
+    def delete_checkpoint(self, step: int, run_id: str | None = None) -> None:
         if self.artifact_dir and run_id in (None, self.run_id):
-            shutil.rmtree(self.artifact_dir / artifact_path, ignore_errors=True)
-        self._emit("delete", artifact_path=artifact_path, run_id=run_id)
+            shutil.rmtree(self.artifact_dir / checkpoint_name(step), ignore_errors=True)
+        self._emit("delete_checkpoint", step=step, run_id=run_id)
+
+    def log_datasets(self, datasets: list[DatasetRecord]) -> None:
+        self._emit("datasets", datasets=[asdict(d) for d in datasets])
+
+    def monitor_system(self) -> None:
+        self._emit("monitor_system")
 
     def end_run(self, run_id: str, status: str, error: str) -> None:
         self._emit("end_run", run_id=run_id, status=status, error=error)
@@ -109,6 +130,9 @@ class NullTracker:
     def log_table(self, rows, artifact_file, image_root=None, image_column=None): pass
     def log_artifact(self, path, artifact_path=None): pass
     def log_figure(self, figure, artifact_file): pass
-    def delete_artifacts(self, artifact_path, run_id=None): pass
     def end_run(self, run_id, status, error): pass
+    def log_checkpoint(self, step, files, metrics): pass
+    def delete_checkpoint(self, step, run_id=None): pass
+    def log_datasets(self, datasets): pass
+    def monitor_system(self): pass
     def finish(self, status="FINISHED", error=None): pass

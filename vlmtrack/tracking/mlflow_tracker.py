@@ -20,6 +20,10 @@ from collections import deque
 from pathlib import Path
 
 from vlmtrack.files import file_lock
+from vlmtrack.data.pipeline import EVAL_CONTEXT, DatasetRecord
+from vlmtrack.model.connector_io import checkpoint_name
+from vlmtrack.tracking.artifacts import delete_checkpoint_model, log_checkpoint_model, used_by_registered_versions
+from vlmtrack.tracking.system_metrics import sample_system
 
 DEFAULT_EXPERIMENT = "vlmtrack"
 METRIC_FLUSH_S = 5.0
@@ -62,6 +66,7 @@ class MlflowTracker:
             if parent_run_id:
                 run_tags["mlflow.parentRunId"] = parent_run_id
             self.run_id = self.client.create_run(exp_id, run_name=run_name, tags=run_tags).info.run_id
+        self._experiment: str | None = None
         self._mark_training_experiment()
         self.errors: list[str] = []
         self.finished = False
@@ -75,6 +80,11 @@ class MlflowTracker:
         self._images_logged: set[str] = set()
         self._images_failed: set[str] = set()
         self._tables: set[str] = set()  # listed in mlflow.loggedArtifacts
+        self._checkpoint_models: dict[tuple[str, int], str] = {}  # (run id, step) -> logged model id
+        self._eval_dataset: tuple[str, str] | None = None  # (name, digest) of the eval set, once logged
+        self._times_step, self._metric_times = -1, {}  # the latest step's metrics: name -> timestamp
+        self._system: threading.Thread | None = None
+        self._system_stop = threading.Event()
         self._queue: queue.Queue = queue.Queue()
         self._done = threading.Condition()
         self._submitted = self._settled = 0  # calls queued / delivered or dropped: what flush() waits on
@@ -87,7 +97,7 @@ class MlflowTracker:
         training runs are a click away: the run's experiment (Default included) is tagged as model
         training, unless someone chose a kind for it."""
         try:
-            exp_id = self.client.get_run(self.run_id).info.experiment_id
+            exp_id = self._experiment = self.client.get_run(self.run_id).info.experiment_id
             if EXPERIMENT_KIND not in self.client.get_experiment(exp_id).tags:
                 self.client.set_experiment_tag(exp_id, EXPERIMENT_KIND, TRAINING_KIND)
         except Exception as e:  # noqa: BLE001 - the UI's first view, not worth a run
@@ -112,7 +122,9 @@ class MlflowTracker:
 
     @property
     def experiment_id(self) -> str:
-        return self.client.get_run(self.run_id).info.experiment_id
+        if self._experiment is None:
+            self._experiment = self.client.get_run(self.run_id).info.experiment_id
+        return self._experiment
 
     # -- the background worker -------------------------------------------------------------
     # Calls wait in `held` (oldest first) until delivered or dropped. Items: (what, payload, n) where
@@ -293,6 +305,9 @@ class MlflowTracker:
 
         now = int(time.time() * 1000)
         self._last_step = int(step)
+        if step != self._times_step:
+            self._times_step, self._metric_times = int(step), {}
+        self._metric_times.update(dict.fromkeys(metrics, now))
         self._metrics += [Metric(k, float(v), now, int(step)) for k, v in metrics.items()]
         if len(self._metrics) >= METRIC_BATCH or time.monotonic() - self._last_flush > METRIC_FLUSH_S:
             self._flush_metrics()
@@ -388,24 +403,89 @@ class MlflowTracker:
                 self.client.log_artifacts(self.run_id, tmp, "golden/images")
         self._images_logged.update(done)
 
-    def delete_artifacts(self, artifact_path: str, run_id: str | None = None) -> None:
-        """Removes an artifact folder of this run (or of `run_id`: an earlier attempt of the same training),
-        in order after what was queued before. MlflowClient has no call for it; the run's artifact
-        repository has (local, S3, the server's proxied store). A folder a registered model version was
-        made from is kept."""
-        run_id = run_id or self.run_id
-        self._submit("delete_artifacts", lambda: self._delete_artifacts(run_id, artifact_path))
-
     def _delete_artifacts(self, run_id: str, artifact_path: str) -> None:
+        """Removes an artifact folder of a run (a checkpoint logged as run artifacts), unless a registered model
+        version was made from it. MlflowClient has no call for it; the run's artifact repository has (local,
+        S3, the server's proxied store)."""
         from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
 
-        users = [f"{v.name} v{v.version}" for v in self.client.search_model_versions(f"run_id='{run_id}'")
-                 if artifact_path in (v.source or "")]
-        if users:
+        if users := used_by_registered_versions(self.client, run_id, None, artifact_path):
             _warn(f"{artifact_path} of run {run_id} is kept: registered model version {', '.join(users)} uses it")
             return
-        repo = get_artifact_repository(self.client.get_run(run_id).info.artifact_uri, self.client._tracking_client.tracking_uri)
+        repo = get_artifact_repository(self.client.get_run(run_id).info.artifact_uri,
+                                       self.client._tracking_client.tracking_uri)
         repo.delete_artifacts(artifact_path)
+
+    def log_checkpoint(self, step: int, files: list[Path], metrics: dict) -> None:
+        """The checkpoint's files as a logged model of this run at `step` (stored once: not also as run
+        artifacts), with `metrics` (the step's eval) linked to it, so that `search_logged_models` ranks a
+        run's checkpoints by eval loss.
+
+        Why the metrics are sent again here: at a step the loop evaluates first and saves last (retention needs
+        the step's eval to know the best checkpoint), so the model does not exist yet when the eval metrics
+        are logged. They are re-sent with the model's id and the timestamps they were logged with: the store
+        keeps a single run-metric row per (name, step, timestamp, value), so the run's history does not change,
+        and the model gets its rows. The eval metrics also name the eval set (dataset name and digest)."""
+        from mlflow.entities import Metric
+
+        self._flush_metrics()  # the run's rows first, so that the re-sent ones match them
+        now = int(time.time() * 1000)
+        times = self._metric_times if step == self._times_step else {}
+        dataset = self._eval_dataset if self._eval_dataset else (None, None)
+        linked = [Metric(k, float(v), times.get(k, now), int(step), dataset_name=dataset[0],
+                         dataset_digest=dataset[1]) for k, v in metrics.items()]
+        files, state = [Path(f) for f in files], {}
+
+        def log():  # on the worker: nothing here may wait on the server in the training thread
+            try:
+                self._checkpoint_models[(self.run_id, step)] = log_checkpoint_model(
+                    self.client, self.run_id, self.experiment_id, step, files, linked, state)
+            except Exception as e:
+                if "model_id" in state and not _server_away(e):  # it stays listed, as FAILED
+                    with contextlib.suppress(Exception):
+                        self.client.finalize_logged_model(state["model_id"], "FAILED")
+                raise
+        self._submit("log_checkpoint", log)
+
+    def delete_checkpoint(self, step: int, run_id: str | None = None) -> None:
+        """Retention: the checkpoint's logged model of this run (or of `run_id`: an earlier attempt of the same
+        training) goes, with its artifacts, in order after what was queued before; one that a registered
+        model version was made from is kept. A checkpoint logged as run artifacts (before checkpoints were
+        logged models) is removed from the run's artifacts."""
+        run_id = run_id or self.run_id
+
+        def delete():
+            known = [m for m in [self._checkpoint_models.pop((run_id, step), None)] if m]
+            if not delete_checkpoint_model(self.client, run_id, step, known, _warn):
+                self._delete_artifacts(run_id, checkpoint_name(step))
+        self._submit("delete_checkpoint", delete)
+
+    def log_datasets(self, datasets: list[DatasetRecord]) -> None:
+        """The run's data as MLflow datasets (the run page's Datasets), each with our hash as its digest and its
+        role as the input's context (train, eval, golden); a checkpoint's eval metrics then name the eval set."""
+        from mlflow.entities import Dataset, DatasetInput, InputTag
+        from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
+
+        inputs = [DatasetInput(Dataset(d.name, d.digest, "local", json.dumps({"uri": d.source}),
+                                       profile=json.dumps(d.profile)), [InputTag(MLFLOW_DATASET_CONTEXT, d.context)])
+                  for d in datasets]
+        self._eval_dataset = next(((d.name, d.digest) for d in datasets if d.context == EVAL_CONTEXT), None)
+        self._submit("log_inputs", lambda: self.client.log_inputs(self.run_id, datasets=inputs))
+
+    def monitor_system(self) -> None:
+        """System metrics (tracking/system_metrics.py) on this run until finish()."""
+        if self._system is not None:
+            return
+        uri = self.client._tracking_client.tracking_uri
+
+        def emit(metrics: dict, step: int) -> None:  # the sampler's thread: straight to the queue
+            from mlflow.entities import Metric
+
+            now = int(time.time() * 1000)
+            self._submit("log_metrics", [Metric(k, v, now, step) for k, v in metrics.items()])
+        self._system = threading.Thread(target=sample_system, args=(self.run_id, uri, emit, self._system_stop),
+                                        name="system-metrics", daemon=True)
+        self._system.start()
 
     def link_resumed(self, previous_run_id: str) -> None:
         """This run continues `previous_run_id` (its process was killed: a SIGKILLed process cannot
@@ -445,6 +525,9 @@ class MlflowTracker:
         if self.finished:  # the first status wins (e.g. FAILED set by the loop before it raised)
             return
         self.finished = True
+        if self._system is not None:  # its last values go out with the rest
+            self._system_stop.set()
+            self._system.join(timeout=30)
         if error:
             self._submit("error tag", lambda: self.client.log_batch(
                 self.run_id, tags=[RunTag("error", error[:5000])]))

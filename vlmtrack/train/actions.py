@@ -77,6 +77,8 @@ def full_eval(run: Run, step: int, batches: list[list[int]], kind: str = "eval")
     for tr, s in zip(run.active, sums):
         metrics = s.metrics(kind)
         tr.tracker.log_metrics(metrics, step)
+        if kind == "quick_eval" and tr.on_quick_eval:
+            tr.on_quick_eval(metrics["quick_eval_loss"], step)
         if kind == "eval":
             tr.evals.append({"step": step, **metrics})
             buckets = [b for b in run.cfg.data.bucket_names if f"eval_loss_{b}" in metrics]
@@ -100,8 +102,8 @@ def golden(run: Run, step: int) -> None:
 
 
 def save(run: Run, step: int) -> None:
-    """Each active trial's checkpoint; weights and their description go to the tracker, the optimizer state
-    stays local (resume). Then the checkpoints train.keep_checkpoints lets go are removed."""
+    """Each active trial's checkpoint; weights and their description go to the tracker (in MLflow: a logged
+    model of the run at this step, with the step's eval metrics), the optimizer state stays local (resume). Then the checkpoints train.keep_checkpoints lets go are removed."""
     if not run.main:
         return
     towers = {"llm": tower_reference(run.cfg.model.llm), "vision": tower_reference(run.cfg.model.vision)}
@@ -111,8 +113,9 @@ def save(run: Run, step: int) -> None:
         tr.checkpoints = [c for c in written if c["step"] not in drop]  # what the trainer state lists
         path = ckpt.save_checkpoint(tr.out_dir, step, tr.connector, tr.optimizer, tr.scheduler,
                                     trainer_state(run, tr, step), towers)
-        for name in (WEIGHTS_FILE, META_FILE):
-            tr.tracker.log_artifact(path / name, checkpoint_name(step))
+        at_step = next((e for e in reversed(tr.evals) if e["step"] == step), {})  # this step's full eval, if any
+        tr.tracker.log_checkpoint(step, [path / WEIGHTS_FILE, path / META_FILE],
+                                  {k: v for k, v in at_step.items() if k != "step"})
         tr.tracker.set_tags({"last_checkpoint": checkpoint_name(step)})
         remove_checkpoints(run, tr, [c for c in written if c["step"] in drop])
 
@@ -124,7 +127,7 @@ def remove_checkpoints(run: Run, tr: Trial, dropped: list[dict]) -> None:
         return
     for c in dropped:
         shutil.rmtree(checkpoint_dir(tr.out_dir, c["step"]), ignore_errors=True)
-        tr.tracker.delete_artifacts(checkpoint_name(c["step"]), c["run_id"])
+        tr.tracker.delete_checkpoint(c["step"], c["run_id"])
     keep = run.cfg.train.keep_checkpoints
     best = ckpt.best_checkpoint([c["step"] for c in tr.checkpoints], tr.evals)
     why = f"the {keep} newest" + (f" and the best eval_loss {best[1]:.4f} (step_{best[0]})" if best else "")

@@ -15,7 +15,7 @@ from vlmtrack.config import Config, ConfigError, dump_yaml, flatten
 from vlmtrack.data.dataset import CaptionDataset
 from vlmtrack.data.llava import DataError
 from vlmtrack.data.loader import chunks, data_workers, eval_pieces, loader, rank_shard, seeded_subset
-from vlmtrack.data.pipeline import SKIPPED_RECORDS, RunData, prepare_data
+from vlmtrack.data.pipeline import SKIPPED_RECORDS, RunData, lineage, prepare_data
 from vlmtrack.files import write_jsonl
 from vlmtrack.model.backbone import Backbone, load_backbone
 from vlmtrack.model.connector import new_connector
@@ -212,6 +212,9 @@ def start_trial(run: Run, trial: Trial, compiled: bool) -> None:
     if run.main:
         dump_yaml(trial.cfg, trial.out_dir / "config.yaml")
     trial.tracker.log_params(flatten(trial.cfg))
+    trial.tracker.log_datasets(lineage(data, trial.cfg.data.data_path))
+    if tc.system_metrics:
+        trial.tracker.monitor_system()
     trial.tracker.set_tags({
         "split_hash": data.split.eval_hash, "train_split_hash": data.split.train_hash,
         "golden_hash": data.golden_hash, "llm": m.llm, "vision": m.vision, "device": str(run.device),

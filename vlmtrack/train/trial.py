@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import torch
 
@@ -32,6 +33,9 @@ class Trial:
     # the checkpoints this training wrote and still keeps, oldest first: {"step", "run_id"} (the MLflow run
     # that holds its artifacts: a resumed training is a new run); retention removes from these alone
     checkpoints: list[dict] = field(default_factory=list)
+    # told each quick-eval loss and its step (a sweep reports them to Optuna: its learning curves); the
+    # loop knows nothing of who listens
+    on_quick_eval: Callable[[float, int], None] | None = None
 
     @property
     def out_dir(self) -> Path:
