@@ -12,6 +12,9 @@ from tokenizers import AddedToken
 
 IMAGE_TOKEN = "<image>"
 IGNORE_INDEX = -100
+# The captioning model's instruction (one for every image): LLaVA-Pretrain's first brief-description
+# instruction, in its image-first form, as the connector saw it in training
+CAPTION_INSTRUCTION = f"{IMAGE_TOKEN}\nDescribe the image concisely."
 
 
 def add_image_token(tokenizer) -> int:

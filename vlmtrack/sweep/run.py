@@ -69,11 +69,13 @@ def one_by_one(trials: list[Trial], log=print) -> list[dict]:
     return results
 
 
-def run_sweep(cfg: Config, parent, make_tracker, tokenizer_for_hashes, log=print) -> optuna.Study:
+def run_sweep(cfg: Config, parent, make_tracker, tokenizer_for_hashes, log=print,
+              on_winner: Callable | None = None) -> optuna.Study:
     """One worker: queue what is missing, then pop queued grid points (a group at a time, trained side by
     side or one by one), tell Optuna each score; wait for other workers' running trials (a dead one's
     is retried); write the summary when the grid is complete. `parent` is the sweep's tracker;
-    `make_tracker(name, parent_run_id)` opens a nested run."""
+    `make_tracker(name, parent_run_id)` opens a nested run; `on_winner(row)` gets the winner's summary row
+    (the CLI promotes it)."""
     study = S.open_study(cfg)
     data = prepare_data(cfg, tokenizer_for_hashes, S.sweep_dir(cfg) / "shared")
     S.pin_hashes(study, data.split.eval_hash, data.golden_hash)
@@ -121,8 +123,10 @@ def run_sweep(cfg: Config, parent, make_tracker, tokenizer_for_hashes, log=print
             tr.tracker.finish("FINISHED")
             note_tracking_losses(tr.out_dir / "metrics.json", tr.tracker)
     if S.grid_complete(study, cfg):
-        write_summary(study, cfg, parent, log)
+        rows = write_summary(study, cfg, parent, log)
         log_study_plots(study, parent)
+        if rows and on_winner:
+            on_winner(rows[0])
     else:
         log("[sweep] some grid points failed: re-run the sweep to retry them")
     return study

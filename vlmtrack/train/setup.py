@@ -188,6 +188,9 @@ def start_trial(run: Run, trial: Trial, compiled: bool) -> None:
         trial.optimizer, lr_lambda(tc.warmup_steps, total_updates, tc.lr_schedule))
     if run.main:
         dump_yaml(trial.cfg, trial.out_dir / "config.yaml")
+        # with the run from its start: a checkpoint read back from MLflow (golden, ablate, promote) is loaded
+        # with its run's config, a sweep trial's included
+        trial.tracker.log_artifact(trial.out_dir / "config.yaml", "config")
     trial.tracker.log_params(flatten(trial.cfg))
     trial.tracker.set_tags({
         "split_hash": data.split.eval_hash, "train_split_hash": data.split.train_hash,
