@@ -139,9 +139,10 @@ def version_tags(client, chosen: Chosen, cfg: Config) -> dict:
     return {k: str(v) for k, v in tags.items()}
 
 
-def tower_entry(ref: str, what: str, limit: int = BUNDLE_TOWER_MAX_BYTES) -> tuple[dict, Path | None]:
+def tower_entry(ref: str, what: str) -> tuple[dict, Path | None]:
     """How the model finds a frozen tower (captioner.json), and the folder to bundle, if any: a local folder
-    up to `limit` bytes is bundled, a larger one is recorded by path, a hub id with its revision."""
+    up to BUNDLE_TOWER_MAX_BYTES is bundled, a larger one is recorded by path, a hub id with its revision."""
+    limit = BUNDLE_TOWER_MAX_BYTES
     path = Path(ref).expanduser()
     if path.is_dir():
         size = sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
