@@ -48,3 +48,33 @@ def test_captions_from_images_are_the_golden_dumps(tiny_paths, tmp_path):
     assert any(r["pred_text"] for r in golden)
     short = captioner.caption([Image.new("RGB", (20, 20), "red")], max_new_tokens=1)
     assert len(short) == 1 and len(short[0].split()) <= 1
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="needs CUDA"))])
+def test_a_saved_connector_loads_and_captions_on_the_device(device, tiny_paths, tmp_path):
+    """load_captioner (what the captioning model's load runs) on CPU and CUDA: the device's own precision
+    (bf16 on CUDA), whatever the run's config said."""
+    import json
+
+    from safetensors.torch import save_file
+
+    from vlmtrack.config import dump_yaml
+    from vlmtrack.eval.captioner import load_captioner
+
+    cfg = tiny_config(tiny_paths, tmp_path)
+    cfg.train.device, cfg.train.precision = "cpu", "fp32"  # where it trained: not where it is loaded
+    dump_yaml(cfg, tmp_path / "config.yaml")
+    backbone = load_backbone(cfg.model.llm, cfg.model.vision)
+    connector = Connector(backbone.vision_dim, backbone.llm_dim, cfg.model.num_latents, cfg.model.resampler_depth,
+                          cfg.model.resampler_heads)
+    (tmp_path / "ckpt").mkdir()
+    save_file(connector.state_dict(), str(tmp_path / "ckpt" / "connector.safetensors"))
+    (tmp_path / "ckpt" / "connector.json").write_text(json.dumps({"connector": connector.config, "step": 0}))
+    captioner = load_captioner(tmp_path / "ckpt", tmp_path / "config.yaml", cfg.model.llm, cfg.model.vision,
+                               CAPTION_INSTRUCTION, device)
+    assert captioner.device.type == device and next(captioner.connector.parameters()).device.type == device
+    assert captioner.dtype == (torch.bfloat16 if device == "cuda" else torch.float32)
+    captions = captioner.caption([Image.new("RGB", (30, 30), "red"), Image.new("RGB", (50, 20), "blue")],
+                                 max_new_tokens=4)
+    assert len(captions) == 2 and all(isinstance(c, str) for c in captions)

@@ -112,9 +112,36 @@ def test_a_tower_that_cannot_be_found_is_named_with_the_fix(trained, tmp_path, m
         mlflow.pyfunc.load_model("models:/big-towers@champion")
 
 
+def test_a_model_that_does_not_caption_is_never_registered(trained, client, monkeypatch):
+    """The model is tried (loaded, the input example captioned) before it becomes a version."""
+    monkeypatch.setattr(P, "CAPTION_INSTRUCTION", "Describe the image concisely.")  # no <image> slot: cannot work
+    with pytest.raises(P.PromoteError, match=r"does not load or caption its input example, so no version is "
+                                             r"registered: .*prompt must hold exactly one <image> placeholder"):
+        P.promote(trained[0].info.run_id, "never-registered", log=lambda *_: None)
+    assert not client.search_registered_models(filter_string="name='never-registered'")
+
+
 def test_a_source_that_is_nothing_known_is_one_line(store, capsys):
     assert cli.main(["promote", "no-such-run", "--name", "x"]) == 1
     err = capsys.readouterr().err.strip()
     assert err.startswith("vlmtrack: error: 'no-such-run' is neither a checkpoint folder, a "
                           "runs:/<run_id>/checkpoints/step_N URI, nor a run id in the tracking store sqlite:///")
+    assert not store.search_registered_models()
+
+
+def test_a_promotion_that_fails_at_the_sweeps_end_leaves_the_sweep_and_says_how_to_retry(store, tmp_path):
+    from vlmtrack.config import Config
+    from vlmtrack.tracking.base import JsonlTracker
+
+    cfg = Config()
+    cfg.sweep.study_name = "my_study"
+    parent, lines = JsonlTracker(), []
+    parent.run_id = "sweep-run"
+    assert P.promote_winner(cfg, parent, {"mlflow_run_id": "gone-run"}, log=lines.append) is None
+    assert lines == [f"[promote] FAILED to promote the winner (run gone-run) as my_study: PromoteError: 'gone-run' is "
+                     f"neither a checkpoint folder, a runs:/<run_id>/checkpoints/step_N URI, nor a run id in the "
+                     f"tracking store {store._tracking_client.tracking_uri}; retry with: vlmtrack promote gone-run "
+                     f"--name my_study"]
+    (tags,) = [e["tags"] for e in parent.events if e["kind"] == "tags"]
+    assert tags["promotion_error"].startswith("PromoteError: 'gone-run' is neither")
     assert not store.search_registered_models()

@@ -100,9 +100,13 @@ def choose_checkpoint(client, source: str) -> Chosen:
     if Path(source).expanduser().exists():
         folder, config = fetch(Path(source).expanduser().resolve())
         return Chosen(folder, config, _meta_step(folder), _local_run_id(folder), str(folder), "the checkpoint given")
+    from mlflow.exceptions import MlflowException
+
     try:
         run = client.get_run(source)
-    except Exception:  # noqa: BLE001 - MLflow's not-found and bad-id errors alike
+    except MlflowException as e:
+        if e.error_code not in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
+            raise  # the store itself failed: not a question of what was given
         raise PromoteError(f"'{source}' is neither a checkpoint folder, a runs:/<run_id>/{CHECKPOINTS}/step_N URI, "
                            f"nor a run id in the tracking store {client._tracking_client.tracking_uri}") from None
     step, why = run_checkpoint(client, run)
@@ -226,6 +230,21 @@ def _model_files(chosen: Chosen, cfg: Config, tmp: Path) -> dict:
     return artifacts
 
 
+def check_loads(model_uri: str) -> None:
+    """A version is registered only once its model has loaded and captioned the input example here (MLflow's
+    own check at logging only warns)."""
+    import mlflow
+    import pandas as pd
+
+    try:
+        captions = mlflow.pyfunc.load_model(model_uri).predict(pd.DataFrame({"image": [example_image()]}))
+        if list(captions.columns) != ["caption"] or len(captions) != 1:
+            raise ValueError(f"it answered {list(captions.columns)} x {len(captions)} rows, not one caption")
+    except Exception as e:  # noqa: BLE001 - whatever failed, nothing is registered
+        raise PromoteError(f"the captioning model {model_uri} does not load or caption its input example, so no "
+                           f"version is registered: {type(e).__name__}: {e}") from None
+
+
 def promote(source: str, name: str, alias: str = DEFAULT_ALIAS, extra_tags: dict | None = None,
             log=print) -> Promoted:
     """Registers `source` (run id, runs:/ checkpoint URI or checkpoint folder) as a new version of the
@@ -255,6 +274,7 @@ def promote(source: str, name: str, alias: str = DEFAULT_ALIAS, extra_tags: dict
                                     code_paths=[str(Path(vlmtrack.__file__).parent)],
                                     pip_requirements=requirements(), signature=caption_signature(cfg),
                                     input_example=pd.DataFrame({"image": [example_image()]}))
+        check_loads(f"models:/{logged.model_id}")
         version = mlflow.register_model(f"models:/{logged.model_id}", name, tags=tags).version
     client.set_registered_model_alias(name, alias, version)
     log(f"[promote] {name} version {version} <- {chosen.source} ({chosen.why}); {name}@{alias} -> version {version}")
