@@ -73,10 +73,12 @@ def test_the_sweep_promotes_its_lowest_score_trial_as_champion(sweep):
     assert float(tags["score"]) == pytest.approx(winner.data.metrics["score"])
     assert float(tags["lr"]) == float(winner.data.params["train.lr"]) and tags["vision_ln"] == "False"
     assert tags["checkpoint"] == f"runs:/{winner.info.run_id}/checkpoints/step_6" and tags["step"] == "6"
+    assert tags["optuna_trial_number"] == winner.data.tags["optuna_trial_number"] and tags["optuna_study"] == STUDY
     assert tags["split_hash"] == winner.data.tags["split_hash"] and tags["golden_hash"] == winner.data.tags["golden_hash"]
     assert float(tags["eval_loss"]) == pytest.approx(
         [m.value for m in client.get_metric_history(winner.info.run_id, "eval_loss") if m.step == 6][-1])
     (parent,) = client.search_runs([exp.experiment_id], f"tags.winner_run_id = '{winner.info.run_id}'")
+    assert tags["sweep_run_id"] == parent.info.run_id
     assert parent.data.tags["champion"] == f"models:/{STUDY}@champion (version {champion.version})"
 
     model = mlflow.pyfunc.load_model(f"models:/{STUDY}@champion")
