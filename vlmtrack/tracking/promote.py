@@ -65,11 +65,16 @@ def _client():
     return MlflowClient()
 
 
+def kept_steps(client, run_id: str) -> list[int]:
+    """The steps of a run's checkpoints in MLflow (what retention kept), oldest first."""
+    return sorted(checkpoint_step(Path(f.path)) for f in client.list_artifacts(run_id, CHECKPOINTS)
+                  if f.is_dir and Path(f.path).name.startswith("step_"))
+
+
 def run_checkpoint(client, run) -> tuple[int, str]:
     """(step, why) of the checkpoint to promote from a run's artifacts."""
     run_id = run.info.run_id
-    steps = sorted(checkpoint_step(Path(f.path)) for f in client.list_artifacts(run_id, CHECKPOINTS)
-                   if f.is_dir and Path(f.path).name.startswith("step_"))
+    steps = kept_steps(client, run_id)
     if not steps:
         raise PromoteError(f"run {run_id} has no checkpoints among its artifacts ({CHECKPOINTS}/step_N): promote a "
                            "checkpoint folder instead (vlmtrack promote outputs/<run>/checkpoints/step_N)")
@@ -96,23 +101,34 @@ def choose_checkpoint(client, source: str) -> Chosen:
 
     if is_artifact_uri(source):
         folder, config = download_checkpoint(source)
-        return Chosen(folder, config, _meta_step(folder), source.split("/")[1], source, "the checkpoint given")
+        run_id = source.split("/")[1] if source.startswith("runs:/") else None
+        return Chosen(folder, config, _meta_step(folder), run_id, source, "the checkpoint given")
     if Path(source).expanduser().exists():
         folder, config = fetch(Path(source).expanduser().resolve())
-        return Chosen(folder, config, _meta_step(folder), _local_run_id(folder), str(folder), "the checkpoint given")
-    from mlflow.exceptions import MlflowException
-
-    try:
-        run = client.get_run(source)
-    except MlflowException as e:
-        if e.error_code not in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
-            raise  # the store itself failed: not a question of what was given
+        run_id = _local_run_id(folder)
+        if run_id and _find_run(client, run_id) is None:  # trained against another store: no lineage here
+            run_id = None
+        return Chosen(folder, config, _meta_step(folder), run_id, str(folder), "the checkpoint given")
+    run = _find_run(client, source)
+    if run is None:
         raise PromoteError(f"'{source}' is neither a checkpoint folder, a runs:/<run_id>/{CHECKPOINTS}/step_N URI, "
-                           f"nor a run id in the tracking store {client._tracking_client.tracking_uri}") from None
+                           f"nor a run id in the tracking store {client._tracking_client.tracking_uri}")
     step, why = run_checkpoint(client, run)
     uri = f"runs:/{source}/{checkpoint_name(step)}"
     folder, config = download_checkpoint(uri)
     return Chosen(folder, config, step, source, uri, why)
+
+
+def _find_run(client, run_id: str):
+    """The run, or None where the store has no such run (a failing store raises)."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return client.get_run(run_id)
+    except MlflowException as e:
+        if e.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
+            return None
+        raise
 
 
 def _meta_step(folder: Path) -> int:
