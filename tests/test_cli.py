@@ -13,7 +13,7 @@ import pytest
 from vlmtrack import cli
 
 REPO = Path(__file__).resolve().parents[1]
-COMMANDS = {"train", "sweep", "ablate", "golden", "report", "bench", "build-demo", "export"}
+COMMANDS = {"train", "sweep", "ablate", "golden", "report", "bench", "build-demo", "export", "promote"}
 
 
 def subparsers(parser):
@@ -120,7 +120,7 @@ def test_every_mlproject_entry_point_is_a_valid_command_line():
     from mlflow.projects._project_spec import load_project
 
     project = load_project(str(REPO))
-    assert {"p11", "sweep", "ablate", "golden", "build_demo", "report", "bench", "export"} <= set(project._entry_points)
+    assert {"p11", "sweep", "ablate", "golden", "build_demo", "report", "bench", "export", "promote"} <= set(project._entry_points)
     parser = cli.build_parser()
     for name, entry in project._entry_points.items():
         required = {k: "outputs/demo/checkpoints/step_1" for k, p in entry.parameters.items() if p.default is None}

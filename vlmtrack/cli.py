@@ -16,6 +16,7 @@ DESCRIPTION = """Train and judge the connector of a vision-language model (stage
     vlmtrack golden  CHECKPOINT [section.key=value ...]         golden captions from a saved connector
     vlmtrack export  CHECKPOINT OUT_DIR [--log]                 an idefics2 checkpoint as a transformers model folder
     vlmtrack report  [RUN_ID] [--experiment NAME]               eval loss, golden items, sweep table from MLflow
+    vlmtrack promote RUN_ID|CHECKPOINT --name NAME [--alias A]  register a checkpoint as a captioning model version
     vlmtrack bench   [--preset small|large] ...                 training throughput on reference shapes
     vlmtrack build-demo                                         build the embedded demo assets
 
@@ -136,6 +137,7 @@ def _sweep(args) -> None:
     from vlmtrack.model.backbone import load_tokenizer
     from vlmtrack.sweep.run import run_sweep
     from vlmtrack.tracking.mlflow_tracker import MlflowTracker
+    from vlmtrack.tracking.promote import promote_winner
     from vlmtrack.tracking.session import sweep_parent
 
     cfg = load_config(args.config, _overrides(args))
@@ -143,9 +145,10 @@ def _sweep(args) -> None:
     fill_demo_defaults(cfg)
     check_inputs(cfg)  # before the sweep's MLflow run
     cfg.train.run_name = cfg.sweep.study_name
+    on_winner = (lambda row, parent: promote_winner(cfg, parent, row)) if cfg.sweep.promote else None
     run_sweep(cfg, sweep_parent(cfg, args.config, args.experiment),
               lambda name, parent_id: MlflowTracker(run_name=name, parent_run_id=parent_id),  # beside its parent
-              load_tokenizer(cfg.model.llm, cfg.model.trust_remote_code))
+              load_tokenizer(cfg.model.llm, cfg.model.trust_remote_code), on_winner=on_winner)
 
 
 def _bench(args) -> None:
@@ -179,6 +182,14 @@ def _report(args) -> None:
     print(report.text, end="")
     if not args.no_track:
         print(f"[report] {log_report(report)} logged on run {report.run_id}")
+
+
+def _promote(args) -> None:
+    from vlmtrack.tracking.promote import promote
+
+    promoted = promote(args.source, args.name, args.alias)
+    print(f"[promote] load it: mlflow.pyfunc.load_model('{promoted.uri}'); serve it: mlflow models serve -m "
+          f"'{promoted.uri}' --env-manager local")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -231,6 +242,15 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--items", type=int, default=10, help="how many golden items to show (default: 10)")
     report.add_argument("--no-track", action="store_true", help="print only, do not log report.md on the run")
     report.set_defaults(func=_report)
+    promote = sub.add_parser("promote", parents=[debug],
+                             help="register a run's best kept checkpoint (or the one given) as a new version of a "
+                                  "captioning model and point an alias at it")
+    promote.add_argument("source", help="a run id (a sweep trial: its scored, final checkpoint; another run: its kept "
+                                        "checkpoint with the best full-eval loss), runs:/<run_id>/checkpoints/step_N, "
+                                        "or a checkpoints/step_N folder")
+    promote.add_argument("--name", required=True, help="the registered model (created on its first version)")
+    promote.add_argument("--alias", default="champion", help="the alias moved to the new version (default: champion)")
+    promote.set_defaults(func=_promote)
     bench = sub.add_parser("bench", parents=[debug], help="training throughput on reference shapes (prints a table)")
     bench.add_argument("--preset", default="small", choices=["small", "large", "tiny"],
                        help="model shapes: small (Qwen3-0.6B + SigLIP-base), large (Qwen3-1.7B + "

@@ -125,6 +125,8 @@ class SweepConfig:
     side_by_side: bool = True  # train a group of trials in one process over one backbone pass
     group_size: int = 0  # trials per group; 0 = as many as fit (all of them on CPU)
     heartbeat_s: float = 30.0  # Optuna heartbeat; a trial silent for 4x this is taken as dead and retried
+    promote: bool = True  # at the end: the winner registered as a captioning model, alias champion
+    registered_model: str = ""  # the registered model the winner becomes a version of; "" = study_name
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,7 @@ from PIL import Image
 from transformers import SiglipImageProcessor
 
 from tests.helpers.tiny_models import tiny_config
-from vlmtrack.data.dataset import image_problems, load_image
+from vlmtrack.data.dataset import image_from_bytes, image_problems, load_image
 from vlmtrack.data.llava import DataError
 from vlmtrack.data.pipeline import BAD_SAMPLES, prepare_data
 from vlmtrack.model.backbone import load_tokenizer
@@ -173,3 +173,21 @@ def test_image_problems_on_threads_reports_every_bad_image_in_order(tmp_path):
     bad = [p for p in problems if p]
     assert [b.split("'")[1] for b in bad] == ["7.jpg", "57.jpg", "107.jpg", "157.jpg"]
     assert "cannot be decoded" in bad[2] and "not found" in bad[0]
+
+
+@pytest.mark.parametrize("name,make", [("p.png", lambda: Image.fromarray(rgb).convert("P")),
+                                       ("rgba.png", lambda: Image.fromarray(rgb).convert("RGBA")),
+                                       ("cmyk.jpg", lambda: Image.fromarray(rgb).convert("CMYK"))])
+def test_image_bytes_decode_as_the_file_does(tmp_path, name, make):
+    """A served request's image (bytes, never a path) decodes to the same RGB pixels as the file would."""
+    make().save(tmp_path / name)
+    from_bytes = image_from_bytes((tmp_path / name).read_bytes(), "image 0")
+    assert from_bytes.mode == "RGB" and np.array_equal(np.asarray(from_bytes), np.asarray(load_image(tmp_path, name)))
+
+
+@pytest.mark.parametrize("data,why", [(b"", "not a decodable image (0 bytes"),
+                                      (b"GIF89a but not an image", "not a decodable image (23 bytes"),
+                                      ("a/path/on/the/server.jpg", "expected the image file's bytes, got str")])
+def test_undecodable_image_bytes_are_named(data, why):
+    with pytest.raises(DataError, match=r"^image 3: " + why.replace("(", r"\(")):
+        image_from_bytes(data, "image 3")

@@ -55,25 +55,49 @@ def load_image(image_root: Path, relpath: str) -> Image.Image:
     path = resolve_image(image_root, relpath)
     try:
         with Image.open(path) as im:
-            im.load()
-            if im.mode.startswith("I;16"):  # 16-bit grey: scale to 8 bits rather than clip
-                im = im.convert("I").point(lambda v: v * (1 / 256)).convert("L")
-            if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
-                rgba = im.convert("RGBA")
-                background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-                return Image.alpha_composite(background, rgba).convert("RGB")
-            return im.convert("RGB")
+            return to_rgb(im)
     except FileNotFoundError:
         raise DataError(f"image '{relpath}' not found under {image_root}") from None
     except (OSError, ValueError, Image.DecompressionBombError) as e:
         raise DataError(f"image '{relpath}' cannot be decoded: {e}") from None
 
 
+def to_rgb(im: Image.Image) -> Image.Image:
+    """An opened image decoded to RGB: 16-bit grey scaled to 8 bits rather than clipped, transparency over white."""
+    im.load()
+    if im.mode.startswith("I;16"):
+        im = im.convert("I").point(lambda v: v * (1 / 256)).convert("L")
+    if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
+        rgba = im.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    return im.convert("RGB")
+
+
+def image_from_bytes(data, what: str) -> Image.Image:
+    """RGB from an image file's bytes (a served request's image, never a path): a DataError naming `what` and
+    why when they are not an image PIL can decode."""
+    import io
+
+    if not isinstance(data, (bytes, bytearray, memoryview)):
+        raise DataError(f"{what}: expected the image file's bytes, got {type(data).__name__}")
+    try:
+        with Image.open(io.BytesIO(bytes(data))) as im:
+            return to_rgb(im)
+    except (OSError, ValueError, Image.DecompressionBombError) as e:
+        first = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise DataError(f"{what}: not a decodable image ({len(data)} bytes: {first})") from None
+
+
 def pixel_values(image_processor, image_root: Path, relpath: str, dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """[3, H, W] tower input for one image, as the processor prepares it, in the tower's dtype: the tower
     casts its input to its own dtype first, so casting here gives the same values at half the bytes to copy."""
-    pixels = image_processor(images=load_image(image_root, relpath), return_tensors="pt")["pixel_values"][0]
-    return pixels.to(dtype)
+    return image_pixels(image_processor, load_image(image_root, relpath), dtype)
+
+
+def image_pixels(image_processor, image: Image.Image, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """[3, H, W] tower input for one decoded RGB image (see pixel_values)."""
+    return image_processor(images=image, return_tensors="pt")["pixel_values"][0].to(dtype)
 
 
 def image_problem(image_root: Path, relpath: str) -> str | None:

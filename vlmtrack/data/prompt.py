@@ -22,6 +22,10 @@ END_OF_UTTERANCE_TOKEN = "<end_of_utterance>"
 # gets a space, so the word tokenizes as it would after whitespace
 _CLOSING_BOUNDARY = re.compile(rf"{re.escape(BOUNDARY_TOKEN)}(?=[^\s<])")
 
+# The captioning model's instruction (one for every image): LLaVA-Pretrain's first brief-description
+# instruction, in its image-first form, as the connector saw it in training
+CAPTION_INSTRUCTION = f"{IMAGE_TOKEN}\nDescribe the image concisely."
+
 
 def add_image_token(tokenizer) -> int:
     """Adds the `<image>` placeholder as a special token (never part of a saved bundle); returns its id."""

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-from vlmtrack.data.dataset import collate_prompts, pixel_values
+from vlmtrack.data.dataset import collate_prompts, image_pixels, pixel_values
 from vlmtrack.data.golden import qual_file
 from vlmtrack.data.prompt import end_of_turn_id, expanded_prompt_ids
 from vlmtrack.eval.decode import StaticDecoder, sampling_settings, use_static_decode
@@ -33,6 +33,19 @@ def _record(item: dict, text: str, n_tokens: int) -> dict:
             "pred_hash": hashlib.sha1(text.encode()).hexdigest()[:12]}
 
 
+def generation_kwargs(backbone, ecfg, eos_token_id: int) -> dict:
+    """generate()'s arguments for the golden settings (eval.temperature, top_p, max_new_tokens, ...)."""
+    return dict(do_sample=ecfg.temperature > 0, temperature=ecfg.temperature, top_p=ecfg.top_p,
+                max_new_tokens=ecfg.max_new_tokens, repetition_penalty=ecfg.repetition_penalty,
+                eos_token_id=eos_token_id, pad_token_id=backbone.pad_id)
+
+
+def caption_text(tokenizer, tokens: list[int], eos_token_id: int) -> tuple[str, int]:
+    """(caption, its token count): a row's new tokens up to the first end-of-turn, decoded."""
+    n = tokens.index(eos_token_id) if eos_token_id in tokens else len(tokens)
+    return tokenizer.decode(tokens[:n], skip_special_tokens=True).strip(), n
+
+
 @torch.no_grad()
 def generate_golden(backbone, connectors: list, golden: list[dict], human_by_id: dict[str, str], image_root: Path,
                     num_latents: int, ecfg, device: torch.device, dtype: torch.dtype, eos_token_id: int | None = None,
@@ -41,9 +54,7 @@ def generate_golden(backbone, connectors: list, golden: list[dict], human_by_id:
     eos_token_id: where a caption ends (default: the end-of-turn token); benchmarks pass one never drawn."""
     tok = backbone.tokenizer
     eot = end_of_turn_id(tok) if eos_token_id is None else eos_token_id
-    kwargs = dict(do_sample=ecfg.temperature > 0, temperature=ecfg.temperature, top_p=ecfg.top_p,
-                  max_new_tokens=ecfg.max_new_tokens, repetition_penalty=ecfg.repetition_penalty,
-                  eos_token_id=eot, pad_token_id=backbone.pad_id)
+    kwargs = generation_kwargs(backbone, ecfg, eot)
     decoder = _static_decoder(backbone, golden, human_by_id, num_latents, ecfg, kwargs, device, dtype, log)
     torch.manual_seed(ecfg.generation_seed)  # generate() takes no generator (spec: seeded this way)
     out = [[] for _ in connectors]
@@ -57,13 +68,11 @@ def generate_golden(backbone, connectors: list, golden: list[dict], human_by_id:
                               backbone.tower_dtype) for it in golden]
         for start in range(0, len(golden), ecfg.golden_batch_size):
             items = golden[start:start + ecfg.golden_batch_size]
+            prompts = [_prompt(backbone, human_by_id[it["id"]], num_latents) for it in items]
             batch_pixels = torch.stack([p.result() for p in pixels[start:start + ecfg.golden_batch_size]])
-            new = _batch_tokens(backbone, connectors, items, human_by_id, batch_pixels, num_latents, kwargs,
-                                decoder, device, dtype)
+            new = _batch_tokens(backbone, connectors, prompts, batch_pixels, kwargs, decoder, device, dtype)
             for row in range(new.shape[0]):
-                tokens = new[row].tolist()
-                n = tokens.index(eot) if eot in tokens else len(tokens)
-                text = tok.decode(tokens[:n], skip_special_tokens=True).strip()
+                text, n = caption_text(tok, new[row].tolist(), eot)
                 out[row // len(items)].append(_record(items[row % len(items)], text, n))
     finally:
         pool.shutdown(cancel_futures=True)
@@ -72,6 +81,26 @@ def generate_golden(backbone, connectors: list, golden: list[dict], human_by_id:
         for c in connectors:
             c.train()
     return out
+
+
+@torch.no_grad()
+def caption_images(backbone, connector, images: list, human: str, num_latents: int, ecfg, device: torch.device,
+                   dtype: torch.dtype) -> list[str]:
+    """A caption for each decoded RGB image, with the golden settings (ecfg) and one instruction for all: the
+    captioning model's path (no golden items, no files). generate() decodes, seeded as the golden dump is."""
+    tok = backbone.tokenizer
+    eot = end_of_turn_id(tok)
+    kwargs = generation_kwargs(backbone, ecfg, eot)
+    prompt = _prompt(backbone, human, num_latents)
+    torch.manual_seed(ecfg.generation_seed)
+    connector.eval()
+    captions = []
+    for start in range(0, len(images), ecfg.golden_batch_size):
+        chunk = images[start:start + ecfg.golden_batch_size]
+        pixels = torch.stack([image_pixels(backbone.image_processor, im, backbone.tower_dtype) for im in chunk])
+        new = _batch_tokens(backbone, [connector], [prompt] * len(chunk), pixels, kwargs, None, device, dtype)
+        captions += [caption_text(tok, row.tolist(), eot)[0] for row in new]
+    return captions
 
 
 def _static_decoder(backbone, golden, human_by_id, num_latents, ecfg, kwargs, device, dtype, log):
@@ -97,11 +126,11 @@ def _prompt(backbone, human: str, num_latents: int) -> list[int]:
                                backbone.boundary_token_id)
 
 
-def _batch_tokens(backbone, connectors, items, human_by_id, pixels, num_latents, kwargs, decoder, device,
+def _batch_tokens(backbone, connectors, prompts: list[list[int]], pixels: torch.Tensor, kwargs, decoder, device,
                   dtype) -> torch.Tensor:
-    """The new tokens of one batch of items, every connector's rows stacked (connector-major), on the CPU."""
-    ids, mask = collate_prompts([_prompt(backbone, human_by_id[it["id"]], num_latents) for it in items],
-                                backbone.pad_id)
+    """The new tokens of one batch (prompt ids and tower inputs), every connector's rows stacked
+    (connector-major), on the CPU."""
+    ids, mask = collate_prompts(prompts, backbone.pad_id)
     ids, mask, pixels = ids.to(device), mask.to(device), pixels.to(device)
     k = len(connectors)
     with autocast(device, dtype):

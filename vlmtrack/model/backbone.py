@@ -230,23 +230,30 @@ def static_positions(input_ids: torch.Tensor, labels: torch.Tensor, visual_token
     return image_at, label_at, targets
 
 
-def load_tokenizer(llm_path: str, trust_remote_code: bool = False):
+def load_tokenizer(llm_path: str, trust_remote_code: bool = False, revision: str | None = None):
     """The LLM's tokenizer with vlmtrack's `<image>` placeholder added."""
-    tokenizer = _from_pretrained(AutoTokenizer, llm_path, "tokenizer", trust_remote_code=trust_remote_code)
+    tokenizer = _from_pretrained(AutoTokenizer, llm_path, "tokenizer", trust_remote_code=trust_remote_code,
+                                 **_at(revision))
     add_image_token(tokenizer)
     return tokenizer
 
 
+def _at(revision: str | None) -> dict:
+    # a hub revision (commit) only when one is recorded: a local folder has none
+    return {"revision": revision} if revision else {}
+
+
 def load_backbone(llm_path: str, vision_path: str, dtype: torch.dtype = torch.float32,
-                  trust_remote_code: bool = False, connector: str = RESAMPLER) -> Backbone:
+                  trust_remote_code: bool = False, connector: str = RESAMPLER, llm_revision: str | None = None,
+                  vision_revision: str | None = None) -> Backbone:
     """The frozen towers for a connector kind (model.connector); idefics2 adds Idefics2's tokens to the
     tokenizer, and to the LLM's vocabulary where it has no spare rows for them."""
-    tokenizer = load_tokenizer(llm_path, trust_remote_code)
+    tokenizer = load_tokenizer(llm_path, trust_remote_code, llm_revision)
     image_token_id = add_image_token(tokenizer)
     boundary_token_id = add_idefics2_tokens(tokenizer) if connector == IDEFICS2 else None
     remote = {"trust_remote_code": trust_remote_code}
-    llm = _from_pretrained(AutoModelForCausalLM, llm_path, "LLM", dtype=dtype, **remote)
-    tower = _from_pretrained(AutoModel, vision_path, "vision tower", dtype=dtype, **remote)
+    llm = _from_pretrained(AutoModelForCausalLM, llm_path, "LLM", dtype=dtype, **remote, **_at(llm_revision))
+    tower = _from_pretrained(AutoModel, vision_path, "vision tower", dtype=dtype, **remote, **_at(vision_revision))
     tower = getattr(tower, "vision_model", tower)  # SiglipModel / CLIPModel -> their vision tower
     if boundary_token_id is not None:
         check_idefics2_tower(tower, vision_path)
@@ -254,7 +261,7 @@ def load_backbone(llm_path: str, vision_path: str, dtype: torch.dtype = torch.fl
     if getattr(tower, "use_head", False):  # SigLIP's attention-pooled output: computed, then never read
         tower.use_head = False
     image_processor = _from_pretrained(AutoImageProcessor, vision_path, "image processor", **remote,
-                                       **image_processor_backend())
+                                       **image_processor_backend(), **_at(vision_revision))
     for module in (llm, tower):
         module.eval()
         module.requires_grad_(False)

@@ -43,6 +43,17 @@ def latest_checkpoint(out_dir: Path) -> Path | None:
     return found[-1] if found else None
 
 
+def best_checkpoint(written: list[int], evals: list[dict]) -> tuple[int, float] | None:
+    """(step, eval_loss) of the written checkpoint with the best full-eval loss (the newer of equals): the one
+    retention always keeps (train/checkpoint.py) and promotion picks from a run (tracking/promote.py)."""
+    loss_at = {e["step"]: e["eval_loss"] for e in evals if "eval_loss" in e}
+    scored = [s for s in written if s in loss_at]
+    if not scored:
+        return None
+    best = min(scored, key=lambda s: (loss_at[s], -s))
+    return best, loss_at[best]
+
+
 def load_connector_weights(path: Path) -> tuple[dict, dict]:
     """(state dict, connector.json) of a checkpoint folder."""
     if not (path / WEIGHTS_FILE).exists():

@@ -69,12 +69,14 @@ def one_by_one(trials: list[Trial], log=print) -> list[dict]:
     return results
 
 
-def run_sweep(cfg: Config, open_parent, make_tracker, tokenizer_for_hashes, log=print) -> optuna.Study:
+def run_sweep(cfg: Config, open_parent, make_tracker, tokenizer_for_hashes, log=print,
+              on_winner: Callable | None = None) -> optuna.Study:
     """One worker: queue what is missing, then pop queued grid points (a group at a time, trained side by
     side or one by one), tell Optuna each score; wait for other workers' running trials (a dead one's
     is retried); write the summary when the grid is complete. The study has one parent run, shared by its
     workers: `open_parent(run_id)` opens it (None: a new one, for the study's first worker);
-    `make_tracker(name, parent_run_id)` opens a nested run."""
+    `make_tracker(name, parent_run_id)` opens a nested run; `on_winner(row, parent)` gets the winner's
+    summary row, once per study, from the worker that writes the summary (the CLI promotes it)."""
     study = S.open_study(cfg)
     data = prepare_data(cfg, tokenizer_for_hashes, S.sweep_dir(cfg) / "shared")
     S.pin_hashes(study, data.split.eval_hash, data.golden_hash)
@@ -93,7 +95,9 @@ def run_sweep(cfg: Config, open_parent, make_tracker, tokenizer_for_hashes, log=
             f"storage {S.storage_url(cfg)}; parent run {parent_run_id}")
         work(study, cfg, parent, make_tracker, parent_run_id, data, log)
         if S.grid_complete(study, cfg):
-            summarise_once(study, cfg, parent, log)
+            rows = summarise_once(study, cfg, parent, log)
+            if rows and on_winner:
+                on_winner(rows[0], parent)
         else:
             log("[sweep] some grid points failed: re-run the sweep to retry them")
     return study
@@ -152,16 +156,18 @@ def end_dead_runs(stale: list, parent, cfg: Config, log) -> None:
             parent.end_run(t.user_attrs["mlflow_run_id"], "KILLED", why)
 
 
-def summarise_once(study: optuna.Study, cfg: Config, parent, log) -> None:
+def summarise_once(study: optuna.Study, cfg: Config, parent, log) -> list[dict] | None:
     """The summary goes to the study's one parent run, written by the first worker to find the grid
-    complete (a re-run of a complete study finds it written)."""
+    complete (a re-run of a complete study finds it written); returns its rows, best first, to that worker
+    alone."""
     with S.study_lock(cfg):
         if S.SUMMARY_BY in study.user_attrs:
             log(f"[sweep] grid complete; summary written by {study.user_attrs[S.SUMMARY_BY]}")
-            return
-        write_summary(study, cfg, parent, log)
+            return None
+        rows = write_summary(study, cfg, parent, log)
         log_study_plots(study, parent)
         study.set_user_attr(S.SUMMARY_BY, S.worker_name())
+    return rows
 
 
 @contextlib.contextmanager

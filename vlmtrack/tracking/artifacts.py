@@ -96,10 +96,20 @@ def download_checkpoint(uri: str) -> tuple[Path, Path]:
     return folder, config
 
 
-def missing_checkpoint(client, run_id: str, step: int) -> str:
+def kept_checkpoint_steps(client, run_id: str) -> list[int]:
+    """The steps of a run's checkpoints in MLflow (what retention kept), oldest first: its ready logged
+    models, and checkpoints logged as run artifacts before checkpoints were logged models."""
     exp = client.get_run(run_id).info.experiment_id
-    kept = sorted(int(m.tags[STEP_TAG]) for m in client.search_logged_models(
-        [exp], filter_string=f"source_run_id = '{run_id}'") if STEP_TAG in m.tags)
+    steps = {int(m.tags[STEP_TAG]) for m in client.search_logged_models(
+        [exp], filter_string=f"source_run_id = '{run_id}'")
+        if STEP_TAG in m.tags and str(getattr(m.status, "name", m.status)).upper().endswith("READY")}
+    steps |= {int(Path(f.path).name[len("step_"):]) for f in client.list_artifacts(run_id, CHECKPOINTS)
+              if f.is_dir and Path(f.path).name[len("step_"):].isdigit()}
+    return sorted(steps)
+
+
+def missing_checkpoint(client, run_id: str, step: int) -> str:
+    kept = kept_checkpoint_steps(client, run_id)
     return (f"run {run_id} has no checkpoint step_{step} in MLflow; it keeps "
             f"{', '.join(f'step_{k}' for k in kept) or 'none'} (train.keep_checkpoints removes the others): "
             f"use runs:/{run_id}/checkpoints/step_<one of them>")

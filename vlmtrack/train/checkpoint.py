@@ -14,8 +14,8 @@ import torch
 from safetensors.torch import save_file
 
 import vlmtrack
-from vlmtrack.model.connector_io import (META_FILE, TRAINER_STATE_FILE, WEIGHTS_FILE, checkpoint_dir,
-                                         latest_checkpoint, load_connector_weights, run_dir_of)
+from vlmtrack.model.connector_io import (META_FILE, TRAINER_STATE_FILE, WEIGHTS_FILE, best_checkpoint,
+                                         checkpoint_dir, latest_checkpoint, load_connector_weights, run_dir_of)
 
 
 def rng_state() -> dict:
@@ -129,16 +129,6 @@ def restore_trial(trial, path: Path) -> dict:
     trial.checkpoints = state.get("checkpoints", [])  # a checkpoint saved before retention lists none
     restore_rng(state["rng"])
     return state
-
-
-def best_checkpoint(written: list[int], evals: list[dict]) -> tuple[int, float] | None:
-    """(step, eval_loss) of the written checkpoint with the best full-eval loss (the newer of equals)."""
-    loss_at = {e["step"]: e["eval_loss"] for e in evals if "eval_loss" in e}
-    scored = [s for s in written if s in loss_at]
-    if not scored:
-        return None
-    best = min(scored, key=lambda s: (loss_at[s], -s))
-    return best, loss_at[best]
 
 
 def checkpoints_to_drop(written: list[int], evals: list[dict], keep: int) -> list[int]:

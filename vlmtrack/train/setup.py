@@ -211,6 +211,9 @@ def start_trial(run: Run, trial: Trial, compiled: bool) -> None:
         trial.optimizer, lr_lambda(tc.warmup_steps, total_updates, tc.lr_schedule))
     if run.main:
         dump_yaml(trial.cfg, trial.out_dir / "config.yaml")
+        # with the run from its start: a checkpoint read back from MLflow (golden, ablate, promote) is loaded
+        # with its run's config, a sweep trial's included
+        trial.tracker.log_artifact(trial.out_dir / "config.yaml", "config")
     trial.tracker.log_params(flatten(trial.cfg))
     trial.tracker.log_datasets(lineage(data, trial.cfg.data.data_path))
     if tc.system_metrics:
