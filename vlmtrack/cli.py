@@ -224,7 +224,8 @@ def build_parser() -> argparse.ArgumentParser:
     export = sub.add_parser("export", parents=[debug],
                             help="a model.connector=idefics2 checkpoint as an Idefics2ForConditionalGeneration "
                                  "+ processor folder (transformers alone loads it)")
-    export.add_argument("checkpoint", help="checkpoints/step_N folder or runs:/<run_id>/checkpoints/step_N")
+    export.add_argument("checkpoint", help="checkpoints/step_N folder, runs:/<run_id>/checkpoints/step_N, or a "
+                                           "registered version: models:/NAME@ALIAS or models:/NAME/VERSION")
     export.add_argument("out_dir", help="the folder to write (new or empty)")
     export.add_argument("--log", action="store_true",
                         help="also log the export on the checkpoint's run, as export/step_N (runs:/ checkpoints)")

@@ -150,3 +150,20 @@ def test_a_promotion_that_fails_at_the_sweeps_end_leaves_the_sweep_and_says_how_
     (tags,) = [e["tags"] for e in parent.events if e["kind"] == "tags"]
     assert tags["promotion_error"].startswith("PromoteError: 'gone-run' is neither")
     assert not store.search_registered_models()
+
+
+def test_a_registered_version_is_a_checkpoint_source_by_alias_or_number(trained, client):
+    """`vlmtrack export|ablate|golden models:/NAME@ALIAS`: the version's own copy of the connector and config,
+    in a folder named after its step, identical to the run's checkpoint files."""
+    from vlmtrack.tracking.artifacts import download_checkpoint
+
+    run, out = trained
+    rid = run.info.run_id
+    assert cli.main(["promote", f"runs:/{rid}/checkpoints/step_4", "--name", "by-alias"]) == 0
+    for uri in ("models:/by-alias@champion", "models:/by-alias/1"):
+        folder, config = download_checkpoint(uri)
+        assert folder.name == "step_4" and config.is_file()
+        for name in ("connector.safetensors", "connector.json"):
+            assert (folder / name).read_bytes() == (out / "checkpoints" / "step_4" / name).read_bytes()
+    with pytest.raises(FileNotFoundError, match="models:/by-alias@nobody: no such registered model version"):
+        download_checkpoint("models:/by-alias@nobody")

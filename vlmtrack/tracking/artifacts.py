@@ -5,6 +5,7 @@ named and tagged, how one is found again, and how a `runs:/<run_id>/checkpoints/
 checkpoint folder. Checkpoints logged before they were logged models (run artifacts) still resolve."""
 from __future__ import annotations
 
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -74,11 +75,14 @@ def download_checkpoint(uri: str) -> tuple[Path, Path]:
     from mlflow import MlflowClient
 
     client = MlflowClient()
-    if uri.startswith("models:/"):  # a checkpoint's logged model, by id: `models:/m-...`
-        model = client.get_logged_model(uri[len("models:/"):].strip("/"))
+    dest = Path(tempfile.mkdtemp(prefix="vlmtrack-ckpt-"))
+    if uri.startswith("models:/"):
+        ref = uri[len("models:/"):].strip("/")
+        if not ref.startswith("m-"):  # a registered version: `models:/NAME@ALIAS` or `models:/NAME/VERSION`
+            return download_registered(client, ref, dest)
+        model = client.get_logged_model(ref)  # a checkpoint's logged model, by id: `models:/m-...`
         uri = f"runs:/{model.source_run_id}/{model.tags.get(CHECKPOINT_TAG, '')}"
     run_id, step, path = parse_checkpoint_uri(uri)
-    dest = Path(tempfile.mkdtemp(prefix="vlmtrack-ckpt-"))
     models = checkpoint_models(client, run_id, step) if step is not None else []
     if models:  # the folder keeps the checkpoint's name: eval reads the step from it
         folder = dest / Path(path).name
@@ -94,6 +98,38 @@ def download_checkpoint(uri: str) -> tuple[Path, Path]:
     config = Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="config/config.yaml",
                                                       dst_path=str(dest)))
     return folder, config
+
+
+def download_registered(client, ref: str, dest: Path) -> tuple[Path, Path]:
+    """(checkpoint folder, config.yaml) of a registered captioning model (`vlmtrack promote`): the version's
+    own copy of the connector and the run's config, so it loads whatever retention has since removed from
+    the run. The folder is named after the checkpoint's step (the version's `step` tag): eval reads it."""
+    import mlflow
+    import yaml
+
+    from vlmtrack.tracking.caption_model import CONFIG, CONNECTOR
+
+    name, _, alias = ref.partition("@")
+    try:
+        version = (client.get_model_version_by_alias(name, alias) if alias
+                   else client.get_model_version(*ref.rsplit("/", 1)))
+    except (mlflow.exceptions.MlflowException, TypeError) as e:
+        raise FileNotFoundError(f"models:/{ref}: no such registered model version ({_first_line(e)}); give "
+                                "models:/NAME@ALIAS or models:/NAME/VERSION of a model `vlmtrack promote` "
+                                "registered") from None
+    where = client.get_model_version_download_uri(version.name, version.version)  # the version's model files
+    local = Path(mlflow.artifacts.download_artifacts(artifact_uri=where, dst_path=str(dest / "model")))
+    files = yaml.safe_load((local / "MLmodel").read_text())["flavors"]["python_function"].get("artifacts", {})
+    if CONNECTOR not in files or CONFIG not in files:
+        raise FileNotFoundError(f"models:/{ref} (version {version.version}) is not a vlmtrack captioning model: "
+                                f"it holds no '{CONNECTOR}' and '{CONFIG}' artifacts")
+    folder = dest / Path(checkpoint_name(int(version.tags.get("step", 0)))).name
+    shutil.copytree(local / files[CONNECTOR]["path"], folder)
+    return folder, local / files[CONFIG]["path"]
+
+
+def _first_line(e: BaseException) -> str:
+    return (str(e).strip().splitlines() or [type(e).__name__])[0]
 
 
 def kept_checkpoint_steps(client, run_id: str) -> list[int]:
