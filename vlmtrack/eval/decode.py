@@ -255,19 +255,19 @@ class StaticRunner:
         self.graph = self.cache = self.logits = None
 
 
+def _cuda_generator(device: torch.device) -> torch.Generator:
+    return torch.cuda.default_generators[device.index if device.index is not None else torch.cuda.current_device()]
+
+
 def rng_mark(device: torch.device):
     """Where the global generator that draws this device's tokens stands: on CUDA its Philox offset, kept
     on the host (reading it is no sync); on CPU its state."""
-    if device.type == "cuda":
-        return torch.cuda.default_generators[device.index if device.index is not None
-                                             else torch.cuda.current_device()].get_offset()
-    return torch.get_rng_state()
+    return _cuda_generator(device).get_offset() if device.type == "cuda" else torch.get_rng_state()
 
 
 def rng_restore(device: torch.device, mark) -> None:
     if device.type == "cuda":
-        torch.cuda.default_generators[device.index if device.index is not None
-                                      else torch.cuda.current_device()].set_offset(mark)
+        _cuda_generator(device).set_offset(mark)
     else:
         torch.set_rng_state(mark)
 

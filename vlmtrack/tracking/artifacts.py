@@ -114,7 +114,7 @@ def download_registered(client, ref: str, dest: Path) -> tuple[Path, Path]:
         version = (client.get_model_version_by_alias(name, alias) if alias
                    else client.get_model_version(*ref.rsplit("/", 1)))
     except (mlflow.exceptions.MlflowException, TypeError) as e:
-        raise FileNotFoundError(f"models:/{ref}: no such registered model version ({_first_line(e)}); give "
+        raise FileNotFoundError(f"models:/{ref}: no such registered model version ({first_line(e)}); give "
                                 "models:/NAME@ALIAS or models:/NAME/VERSION of a model `vlmtrack promote` "
                                 "registered") from None
     where = client.get_model_version_download_uri(version.name, version.version)  # the version's model files
@@ -128,7 +128,8 @@ def download_registered(client, ref: str, dest: Path) -> tuple[Path, Path]:
     return folder, local / files[CONFIG]["path"]
 
 
-def _first_line(e: BaseException) -> str:
+def first_line(e: BaseException) -> str:
+    """An error in one line, for a log or a message (the tracker's and the artifact helpers')."""
     return (str(e).strip().splitlines() or [type(e).__name__])[0]
 
 

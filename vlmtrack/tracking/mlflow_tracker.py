@@ -22,7 +22,8 @@ from pathlib import Path
 from vlmtrack.files import file_lock
 from vlmtrack.data.pipeline import EVAL_CONTEXT, DatasetRecord
 from vlmtrack.model.connector_io import checkpoint_name
-from vlmtrack.tracking.artifacts import delete_checkpoint_model, log_checkpoint_model, used_by_registered_versions
+from vlmtrack.tracking.artifacts import (delete_checkpoint_model, first_line, log_checkpoint_model,
+                                        used_by_registered_versions)
 from vlmtrack.tracking.system_metrics import sample_system
 
 DEFAULT_EXPERIMENT = "vlmtrack"
@@ -101,7 +102,7 @@ class MlflowTracker:
             if EXPERIMENT_KIND not in self.client.get_experiment(exp_id).tags:
                 self.client.set_experiment_tag(exp_id, EXPERIMENT_KIND, TRAINING_KIND)
         except Exception as e:  # noqa: BLE001 - the UI's first view, not worth a run
-            _warn(f"could not tag the experiment as model training: {_first_line(e)}")
+            _warn(f"could not tag the experiment as model training: {first_line(e)}")
 
     def _experiment_id(self, experiment: str | None) -> str:
         """The experiment's id, created if missing. Workers started together may both find it missing:
@@ -223,7 +224,7 @@ class MlflowTracker:
     def _went_away(self, e: Exception) -> None:
         if self.away_since is None:
             self.away_since = time.monotonic()
-            _warn(f"tracking server unreachable ({_first_line(e)[:300]}); holding up to {HOLD_METRICS:,} metric "
+            _warn(f"tracking server unreachable ({first_line(e)[:300]}); holding up to {HOLD_METRICS:,} metric "
                   f"values, retrying every {RETRY_S:g} s; training goes on")
 
     def _came_back(self) -> None:
@@ -246,10 +247,10 @@ class MlflowTracker:
                                   tags=[RunTag(LOST_METRICS, str(n))])
             self._lost_reported = n
         except Exception as e:  # noqa: BLE001 - tried again the next time a call goes through
-            self.errors.append(f"{LOST_METRICS}: {_first_line(e)}")
+            self.errors.append(f"{LOST_METRICS}: {first_line(e)}")
 
     def _error(self, what: str, e: Exception) -> None:
-        msg = f"{what}: {type(e).__name__}: {_first_line(e)}"
+        msg = f"{what}: {type(e).__name__}: {first_line(e)}"
         self.errors.append(msg)
         if len(self.errors) <= 5:
             _warn(f"{msg} (training goes on)")
@@ -265,7 +266,7 @@ class MlflowTracker:
                                                                int(time.time() * 1000), self._last_step)])
             self.client.log_dict(self.run_id, {"failed_calls": self.errors}, FAILED_CALLS_FILE)
         except Exception as e:  # noqa: BLE001 - the store refuses this too: the console line stays
-            _warn(f"could not record the failed tracking calls on the run: {_first_line(e)}")
+            _warn(f"could not record the failed tracking calls on the run: {first_line(e)}")
 
     def _settle(self, n: int) -> None:
         with self._done:
@@ -540,7 +541,7 @@ class MlflowTracker:
             if status != "RUNNING":
                 self.client.set_terminated(self.run_id, status)
         except Exception as e:
-            _warn(f"could not mark run {self.run_id} {status}: {_first_line(e)}")
+            _warn(f"could not mark run {self.run_id} {status}: {first_line(e)}")
         if self.lost_metrics or self.errors:
             _warn(f"run {self.run_id}: {self.lost_metrics} metric values lost ({LOST_METRICS}), "
                   f"{len(self.errors)} tracking calls failed")
@@ -595,10 +596,6 @@ def _server_away(e: BaseException) -> bool:
             return True
         e = e.__cause__ or e.__context__
     return False
-
-
-def _first_line(e: BaseException) -> str:
-    return str(e).splitlines()[0] if str(e) else type(e).__name__
 
 
 def _warn(msg: str) -> None:
