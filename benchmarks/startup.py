@@ -141,7 +141,9 @@ def timed_attr(module, name: str, timer: Phases, label: str):
 
 
 def timed_start(cfg) -> dict[str, float]:
-    """The real set_up_run, phase by phase, then its first two steps (the first captures the CUDA graphs)."""
+    """The real set_up_run, phase by phase, then its first two steps (the first captures the CUDA graphs).
+    A feature cache built on a thread (data.feature_cache_build=during) is off that path: its build is
+    printed apart, with the first step that reads it."""
     from contextlib import ExitStack
 
     from vlmtrack.tracking.base import NullTracker
@@ -152,23 +154,35 @@ def timed_start(cfg) -> dict[str, float]:
     timer = Phases()
     real_prepare = setup.prepare_data
     with ExitStack() as stack:
-        for name, label in [("load_backbone", "model load"), ("store_for_run", "feature cache estimate + build"),
+        for name, label in [("load_backbone", "model load"), ("cache_folder", "feature cache estimate"),
+                            ("open_or_build", "feature cache build"),
                             ("apply_speedups", "speed-ups (kernels, compile)")]:
             stack.enter_context(timed_attr(setup, name, timer, label))
         setup.prepare_data = lambda *a, **k: real_prepare(*a, **k, phase=timer.phase)
         stack.callback(setattr, setup, "prepare_data", real_prepare)
+        t0 = time.perf_counter()
         with timer.phase("set_up_run (total)"):
             run = setup.set_up_run([Trial(cfg, NullTracker())], log=print)
-    steps = Stepper(run)
-    for label, at in [("first step (graph capture)", 0), ("second step", 1)]:
-        with timer.phase(label):
-            steps.step(at)
-            if torch.cuda.is_available():
-                torch.cuda.synchronize()
+        steps = Stepper(run)
+        for label, at in [("first step (graph capture)", 0), ("second step", 1)]:
+            with timer.phase(label):
+                steps.step(at)
+                if torch.cuda.is_available():
+                    torch.cuda.synchronize()
+        timer.seconds["to the first step's end"] = time.perf_counter() - t0 - timer.seconds["second step"]
+        if run.cache_build is not None:  # built on a thread: when it was ready, and the first step that reads it
+            while not run.cache_build.done():
+                time.sleep(0.05)
+            timer.seconds["cache ready, from set_up_run's start"] = time.perf_counter() - t0
+            with timer.phase("first cached step (switch + capture)"):
+                steps.step(2)
+                if torch.cuda.is_available():
+                    torch.cuda.synchronize()
+        setup.stop_cache_build(run)
     return dict(timer.seconds)
 
 
-def model_phases(data: Path, root: Path, preset: str) -> None:
+def model_phases(data: Path, root: Path, preset: str, cache_build: str = "auto") -> None:
     """Two starts of a run on the bench preset: with nothing on disk, then with the split, label lengths,
     golden set and feature cache the first one left."""
     import gc
@@ -182,6 +196,7 @@ def model_phases(data: Path, root: Path, preset: str) -> None:
     shutil.rmtree(root / "feature_cache", ignore_errors=True)
     cfg = run_config(data, out, [f"model.llm={paths['llm']}", f"model.vision={paths['vision']}",
                                  "data.feature_cache=on", f"data.feature_cache_dir={root / 'feature_cache'}",
+                                 f"data.feature_cache_build={cache_build}",
                                  *([] if torch.cuda.is_available() else ["train.precision=fp32"])])  # CPU: no bf16 autocast
     columns = {}
     for start in ("first start", "second start"):
@@ -199,6 +214,8 @@ def main() -> None:
     p.add_argument("--root", type=Path, help="where to build the set (kept and reused); default a temp folder")
     p.add_argument("--tokenizer", help="a tokenizer folder for the CPU phases (default the demo BPE)")
     p.add_argument("--preset", default="small", help="bench preset for the GPU phases")
+    p.add_argument("--cache-build", choices=["auto", "before", "during"], default="auto",
+                   help="data.feature_cache_build for the GPU phases (auto: during, on one CUDA device)")
     p.add_argument("--model-phases", choices=["auto", "on", "off"], default="auto",
                    help="time set_up_run and the first steps: auto = with CUDA (on: also on CPU, for --preset tiny)")
     a = p.parse_args()
@@ -209,7 +226,7 @@ def main() -> None:
         data = build_set(root, a.records, a.images, max(1, min(16, os.cpu_count() or 1)))
         cpu_phases(data, root, a.tokenizer)
         if a.model_phases == "on" or (a.model_phases == "auto" and torch.cuda.is_available()):
-            model_phases(data, root, a.preset)
+            model_phases(data, root, a.preset, a.cache_build)
     finally:
         if not a.root:
             shutil.rmtree(root, ignore_errors=True)

@@ -82,7 +82,7 @@ def _ablate(args) -> None:
 
     lc = _load_checkpoint(args)
     dataset, batches = eval_dataset(lc), ablation_batches(lc)
-    result = run_ablations(lc.backbone, [lc.connector], lambda: loader(dataset, batches, lc.backbone.pad_id, 0),
+    result = run_ablations(lc.backbone, [lc.connector], loader(dataset, batches, lc.backbone.pad_id, 0),
                            lc.device, lc.dtype, lc.cfg.eval.ablation_seed)[0]
     for k, v in result.items():
         print(f"{k}={v:.4f}")

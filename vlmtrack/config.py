@@ -36,6 +36,11 @@ class DataConfig:
     feature_cache: str = "auto"  # on | off | auto: cache the frozen tower's features when they fit the cap
     feature_cache_dir: str = ""  # "" = $VLMTRACK_CACHE/features (default ~/.cache/vlmtrack/features)
     feature_cache_max_gib: float = 20.0  # auto builds the cache only below this estimated size
+    # before | during | auto: compute the missing features before the first step, or on a thread while the
+    # first steps train on the live tower (the loader switches to the cache once it is complete). auto =
+    # during on one CUDA device without train.compile, before otherwise (on CPU a thread would take the
+    # training's cores; under torchrun rank 0 builds while the others wait)
+    feature_cache_build: str = "auto"
     group_by_length: bool = False  # batches of similar length (less padding); changes the spec's order
     on_bad_image: str = "skip"  # skip | fail: a train image that cannot be decoded during training
     # error | skip: a record with bad metadata or no image file, found before the run. error refuses the data
@@ -337,6 +342,7 @@ def validate(cfg: Config) -> None:
         ("data.on_bad_image", d.on_bad_image, ("skip", "fail")),
         ("data.on_bad_record", d.on_bad_record, ("error", "skip")),
         ("data.feature_cache", d.feature_cache, ("auto", "on", "off")),
+        ("data.feature_cache_build", d.feature_cache_build, ("auto", "before", "during")),
         ("train.kernels", t.kernels, ("auto", "liger", "torch")),
         ("train.cuda_graphs", t.cuda_graphs, ("auto", "on", "off")),
         ("train.compile", t.compile, ("auto", "on", "off")),

@@ -52,10 +52,13 @@ def test_the_loader_applies_the_sizing():
         def vision_bytes(self):
             return IN_FLIGHT_BYTES // 16  # a batch of 4: a quarter of the cap
 
-    dl = loader(Samples(), [[0, 1, 2, 3]], 0, num_workers=6, batch_size=4)
+    dl = loader(Samples(), iter([[0, 1, 2, 3]]), 0, num_workers=6, batch_size=4)
     assert (dl.num_workers, dl.prefetch_factor) == (4, 1)
-    dl = loader(Samples(), [[0, 1]], 0, num_workers=2, batch_size=2)
+    dl = loader(Samples(), iter([[0, 1]]), 0, num_workers=2, batch_size=2)
     assert (dl.num_workers, dl.prefetch_factor) == (2, 4)
+    # a list of batches (eval, ablations) starts no worker that would have nothing to load
+    assert loader(Samples(), [[0, 1, 2, 3]], 0, num_workers=6, batch_size=4).num_workers == 1
+    assert loader(Samples(), [[0], [1], [2]], 0, num_workers=2, batch_size=1).num_workers == 2
 
 
 def test_an_eval_loader_in_pieces_gives_the_same_batches(tiny_paths, tmp_path):

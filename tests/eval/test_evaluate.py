@@ -45,3 +45,23 @@ def test_the_ablation_order_says_which_comparison_fails():
                                      "(ablation_order_ok=0)")
     assert order_text(ablation_metrics({"correct": 1, "shuffled": 2, "zero": 3, "noise": 4})) == \
         "correct < shuffled < zero < noise: holds"
+
+
+def test_every_mode_in_one_pass_equals_one_pass_per_mode(tiny_paths, tmp_path):
+    """The ablations read each batch once for all four modes: the sums equal evaluate()'s, mode by mode."""
+    from tests.data.test_dataset import tiny_dataset
+    from vlmtrack.data.loader import loader
+    from vlmtrack.eval.evaluate import evaluate, evaluate_modes
+    from vlmtrack.model.backbone import VISION_MODES
+    from vlmtrack.model.connector import Connector
+
+    bb, ds = tiny_dataset(tiny_paths, tmp_path)
+    torch.manual_seed(0)
+    connectors = [Connector(bb.vision_dim, bb.llm_dim, 4, 1, 2) for _ in range(2)]
+    batches = [[0, 1], [2, 3]]
+    cpu = torch.device("cpu")
+    together = evaluate_modes(bb, connectors, loader(ds, batches, bb.pad_id, 0), cpu, torch.float32, VISION_MODES, 7)
+    for mode in VISION_MODES:
+        alone = evaluate(bb, connectors, loader(ds, batches, bb.pad_id, 0), cpu, torch.float32, mode, 7)
+        assert [s.metrics() for s in together[mode]] == [s.metrics() for s in alone]
+    assert together["zero"][0].metrics()["eval_loss"] != together["correct"][0].metrics()["eval_loss"]

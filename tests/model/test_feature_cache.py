@@ -137,3 +137,45 @@ def test_auto_respects_the_size_cap_and_training_matches_the_live_tower(tiny_pat
     # the only difference is the features' bf16 storage
     assert a["final_eval"]["eval_loss"] == pytest.approx(b["final_eval"]["eval_loss"], rel=2e-2)
     assert a["final_eval"]["eval_label_tokens_total"] == b["final_eval"]["eval_label_tokens_total"]
+
+
+def test_a_background_build_gives_the_same_store_and_a_stopped_one_keeps_its_rows(run_parts, tmp_path):
+    cfg, bb, data = run_parts
+    rels = fc.split_images(data)
+    first = fc.open_or_build(tmp_path / "first", data.image_root, rels, bb, torch.device("cpu"), log=lambda *_: None)
+    build = fc.BackgroundBuild(lambda stop: fc.open_or_build(tmp_path / "thread", data.image_root, rels, bb,
+                                                             torch.device("cpu"), log=lambda *_: None, stop=stop))
+    build.stop()  # joins the thread; a build that finished first keeps its store
+    if build.store is None:  # stopped before it finished: a second build completes it
+        build = fc.BackgroundBuild(lambda stop: fc.open_or_build(tmp_path / "thread", data.image_root, rels, bb,
+                                                                 torch.device("cpu"), log=lambda *_: None, stop=stop))
+        while not build.done():
+            build._thread.join(0.05)
+    assert build.error is None and build.done()
+    assert set(build.store.row_of) == set(first.row_of)
+    assert all(torch.equal(build.store.get(r), first.get(r)) for r in rels)
+
+    # stopped after its first batch of 4: those rows are a shard; the next build computes only the rest
+    folder, logs = tmp_path / "stopped", []
+    stop = __import__("threading").Event()
+    real = bb.vision_features
+
+    def features_then_stop(pixels):
+        stop.set()
+        return real(pixels)
+
+    bb.vision_features = features_then_stop
+    try:
+        assert fc.open_or_build(folder, data.image_root, rels, bb, torch.device("cpu"), batch_size=4,
+                                log=logs.append, stop=stop) is None
+    finally:
+        bb.vision_features = real
+    assert [json.loads((folder / s).read_text())["shape"][0] for s in shards(folder)] == [4]
+    assert not list(folder.glob(".*tmp"))
+    distinct = int(logs[0].split("computing vision features of ")[1].split()[0])  # distinct contents
+    assert any(f"build stopped with 4 of {distinct} image(s)" in line for line in logs)
+    logs.clear()
+    store = fc.open_or_build(folder, data.image_root, rels, bb, torch.device("cpu"), batch_size=4, log=logs.append)
+    assert any(f"computing vision features of {distinct - 4} image(s)" in line for line in logs)
+    assert set(store.row_of) == set(rels)
+    assert all(torch.equal(store.get(r), first.get(r)) for r in rels)

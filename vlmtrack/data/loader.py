@@ -125,6 +125,8 @@ def loader(dataset: CaptionDataset, batches, pad_id: int, num_workers: int, pin:
                             -(-batch_size // pieces)))
         return (join_batches([next(parts) for _ in s], pad_id) for s in split)
     workers, prefetch = loader_sizing(num_workers, batch_size * dataset.vision_bytes())
+    if isinstance(batches, list):  # no worker without a batch to load: each one forked costs the main process
+        workers = min(workers, len(batches))
     extra = {"prefetch_factor": prefetch} if workers > 0 else {}
     return torch.utils.data.DataLoader(dataset, batch_sampler=batches, num_workers=workers,
                                        collate_fn=functools.partial(collate, pad_id=pad_id),

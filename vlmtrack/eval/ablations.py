@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from vlmtrack.eval.evaluate import evaluate
+from vlmtrack.eval.evaluate import evaluate_modes
 from vlmtrack.model.backbone import VISION_MODES
 
 
@@ -30,11 +30,10 @@ def order_text(metrics: dict[str, float]) -> str:
     return f"{' < '.join(VISION_MODES)}: {', '.join(failed)} does not hold (ablation_order_ok=0)"
 
 
-def run_ablations(backbone, connectors: list, make_batches, device: torch.device, dtype: torch.dtype,
+def run_ablations(backbone, connectors: list, batches, device: torch.device, dtype: torch.dtype,
                   seed: int) -> list[dict[str, float]]:
-    """One result dict per connector; `make_batches()` yields the same ablation batches each call (under
-    torchrun, this rank's shard of them: evaluate() adds the ranks' token sums up before the means)."""
-    per_mode = {m: evaluate(backbone, connectors, make_batches(), device, dtype, mode=m, seed=seed)
-                for m in VISION_MODES}
+    """One result dict per connector, from one pass over the ablation batches, every mode on each batch
+    (under torchrun, this rank's shard of them: the ranks' token sums are added up before the means)."""
+    per_mode = evaluate_modes(backbone, connectors, batches, device, dtype, VISION_MODES, seed)
     return [ablation_metrics({m: per_mode[m][k].metrics()["eval_loss"] for m in VISION_MODES})
             for k in range(len(connectors))]

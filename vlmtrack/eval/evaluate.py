@@ -57,20 +57,29 @@ def evaluate(backbone: Backbone, connectors: list, batches, device: torch.device
              mode: str = "correct", seed: int = 0) -> list[LossSums]:
     """Loss sums of every connector over the whole loader (one backbone pass per batch for all). Under
     torchrun `batches` is this rank's shard and the sums returned are those of all ranks."""
+    return evaluate_modes(backbone, connectors, batches, device, dtype, (mode,), seed)[mode]
+
+
+@torch.no_grad()
+def evaluate_modes(backbone: Backbone, connectors: list, batches, device: torch.device, dtype: torch.dtype,
+                   modes: tuple[str, ...], seed: int = 0) -> dict[str, list[LossSums]]:
+    """evaluate() under each vision mode in one pass over the loader: each batch is loaded and moved to the
+    device once for all modes (the ablations' four modes had one loader, and its workers' start, each)."""
     for c in connectors:
         c.eval()
-    sums = [LossSums() for _ in connectors]
+    sums = {m: [LossSums() for _ in connectors] for m in modes}
     for batch in batches:
         batch.to(device)
-        with autocast(device, dtype):
-            losses = batch_losses(backbone, connectors, batch, mode, batch_generator(seed, batch)).cpu().tolist()
         tokens, truncated = batch.num_supervised.tolist(), batch.truncated.tolist()
-        for k, s in enumerate(sums):
-            for r in range(len(batch)):
-                s.add(batch.bucket[r], losses[k][r], tokens[r], truncated[r])
+        for mode in modes:
+            with autocast(device, dtype):
+                losses = batch_losses(backbone, connectors, batch, mode, batch_generator(seed, batch)).cpu().tolist()
+            for k, s in enumerate(sums[mode]):
+                for r in range(len(batch)):
+                    s.add(batch.bucket[r], losses[k][r], tokens[r], truncated[r])
     for c in connectors:
         c.train()
-    return across_ranks(sums)
+    return {mode: across_ranks(s) for mode, s in sums.items()}
 
 
 def batch_generator(seed: int, batch: Batch) -> torch.Generator:

@@ -5,15 +5,21 @@ Features are stored before `vision_ln` (which belongs to the connector), so one 
 settings of the sweep, and the ablations see exactly what the live tower would give. Stored in bf16 as
 shards of raw rows ([n, tokens, dim]) with a JSON index of image content hashes, each shard written
 to a temporary name and renamed: a build that dies leaves no half-written shard.
+
+A build can run on a thread (`BackgroundBuild`) while the run's first steps train on the live tower; a
+build stopped early keeps the rows it computed as a shard, and the next build computes only the rest.
 """
 from __future__ import annotations
 
 import hashlib
 import json
+import contextlib
 import os
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -101,14 +107,13 @@ def feature_shape(tower) -> tuple[int, int]:
     return patches + (1 if "clip" in c.model_type else 0), c.hidden_size
 
 
-def store_for_run(cfg, backbone, data, device: torch.device, num_workers: int, log=print) -> FeatureStore | None:
-    """The run's feature store, or None when the cache is off (`data.feature_cache`: on, off, or auto =
-    on when the estimated size of the split's images fits `data.feature_cache_max_gib`)."""
+def cache_folder(cfg, backbone, data, log=print) -> Path | None:
+    """Where the run's features are cached, or None when the cache is off (`data.feature_cache`: on, off,
+    or auto = on when the estimated size of the split's images fits `data.feature_cache_max_gib`)."""
     d = cfg.data
     if d.feature_cache == "off":
         return None
-    relpaths = [data.metas[i].image_relpath for i in (*data.split.train, *data.split.eval)]
-    unique = len(set(relpaths))
+    unique = len(set(split_images(data)))
     size = estimate_gib(unique, *feature_shape(backbone.tower))
     if d.feature_cache == "auto" and size > d.feature_cache_max_gib:
         log(f"[cache] vision features of {unique} images would take ~{size:.1f} GiB, over "
@@ -117,13 +122,53 @@ def store_for_run(cfg, backbone, data, device: torch.device, num_workers: int, l
     folder = cache_root(d.feature_cache_dir) / tower_fingerprint(cfg.model.vision, backbone.tower,
                                                                  backbone.image_processor)
     log(f"[cache] vision features of {unique} images: ~{size:.2f} GiB (bf16) in {folder}")
-    return open_or_build(folder, data.image_root, relpaths, backbone, device, cfg.eval.batch_size, num_workers, log)
+    return folder
+
+
+def split_images(data) -> list[str]:
+    return [data.metas[i].image_relpath for i in (*data.split.train, *data.split.eval)]
+
+
+def store_for_run(cfg, backbone, data, device: torch.device, num_workers: int, log=print) -> FeatureStore | None:
+    """The run's feature store, built before it returns; None when the cache is off."""
+    folder = cache_folder(cfg, backbone, data, log)
+    if folder is None:
+        return None
+    return open_or_build(folder, data.image_root, split_images(data), backbone, device, cfg.eval.batch_size,
+                         num_workers, log)
+
+
+class BackgroundBuild:
+    """`build(stop)` (an open_or_build) on a thread. `store` is set once it is complete (None if it was
+    stopped first), `error` if it raised; `stop()` ends it at its next batch and waits for it."""
+
+    def __init__(self, build: Callable[[threading.Event], FeatureStore | None]):
+        self.store: FeatureStore | None = None
+        self.error: str | None = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, args=(build,), name="vlmtrack-feature-cache", daemon=True)
+        self._thread.start()
+
+    def _run(self, build) -> None:
+        try:
+            self.store = build(self._stop)
+        except Exception as e:  # the run trains on with the live tower; its log says why
+            self.error = f"{type(e).__name__}: {e}"
+
+    def done(self) -> bool:
+        return not self._thread.is_alive()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
 
 
 def open_or_build(folder: Path, image_root: Path, relpaths: list[str], backbone, device: torch.device,
-                  batch_size: int = 64, num_workers: int = 0, log=print) -> FeatureStore:
+                  batch_size: int = 64, num_workers: int = 0, log=print,
+                  stop: threading.Event | None = None) -> FeatureStore | None:
     """The store for `relpaths`, computing (and appending as one new shard) the images not cached yet.
-    Images that cannot be read are left out: the dataset then handles them by `data.on_bad_image`."""
+    Images that cannot be read are left out: the dataset then handles them by `data.on_bad_image`. A build
+    that `stop` ends early keeps what it computed and returns None (the store would be incomplete)."""
     folder.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     hashes = {rel: image_hash(image_root, rel) for rel in dict.fromkeys(relpaths)}
@@ -134,8 +179,12 @@ def open_or_build(folder: Path, image_root: Path, relpaths: list[str], backbone,
         for rel, h in hashes.items():
             first.setdefault(h, rel)
         log(f"[cache] computing vision features of {len(missing)} image(s) into {folder}")
-        done = _build_shard(folder, [first[h] for h in missing], missing, image_root, backbone, device,
-                            batch_size, num_workers)
+        done, stopped = _build_shard(folder, [first[h] for h in missing], missing, image_root, backbone, device,
+                                     batch_size, num_workers, stop)
+        if stopped:
+            log(f"[cache] build stopped with {done} of {len(missing)} image(s) computed, kept for the next run "
+                f"({time.perf_counter() - t0:.1f}s)")
+            return None
         by_hash, shards = _index(folder)
         log(f"[cache] {done} image(s) cached in {time.perf_counter() - t0:.1f}s")
     row_of = {rel: by_hash[h] for rel, h in hashes.items() if h in by_hash}
@@ -163,7 +212,10 @@ def _collate(items):
 
 @torch.no_grad()
 def _build_shard(folder: Path, relpaths: list[str], hashes: list[str], image_root: Path, backbone,
-                 device: torch.device, batch_size: int, num_workers: int) -> int:
+                 device: torch.device, batch_size: int, num_workers: int,
+                 stop: threading.Event | None = None) -> tuple[int, bool]:
+    """(rows written, whether `stop` ended the build early). On CUDA the tower runs on its own stream, so
+    that a build on a thread overlaps the training steps instead of queueing behind them."""
     name = f"shard-{time.time_ns()}-{os.getpid()}"
     tmp = folder / f".{name}.bin.tmp"
     kept: list[int] = []
@@ -172,9 +224,14 @@ def _build_shard(folder: Path, relpaths: list[str], hashes: list[str], image_roo
     loader = torch.utils.data.DataLoader(_Images(relpaths, image_root, backbone.image_processor, dtype),
                                          batch_size=batch_size, num_workers=num_workers, collate_fn=_collate,
                                          pin_memory=device.type == "cuda")
+    stopped = False
+    stream = torch.cuda.Stream(device) if device.type == "cuda" else None
     try:
-        with open(tmp, "wb") as f:
+        with open(tmp, "wb") as f, torch.cuda.stream(stream) if stream else contextlib.nullcontext():
             for index, pixels in loader:
+                if stop is not None and stop.is_set():
+                    stopped = True
+                    break
                 if pixels is None:
                     continue
                 feats = backbone.vision_features(pixels.to(device, dtype)).to(torch.bfloat16).cpu()
@@ -183,7 +240,7 @@ def _build_shard(folder: Path, relpaths: list[str], hashes: list[str], image_roo
                 kept += index
         if not kept:
             tmp.unlink()
-            return 0
+            return 0, stopped
         tmp.replace(folder / f"{name}.bin")
         meta = {"file": f"{name}.bin", "shape": [len(kept), *shape], "hashes": [hashes[i] for i in kept]}
         tmp_meta = folder / f".{name}.json.tmp"
@@ -191,4 +248,4 @@ def _build_shard(folder: Path, relpaths: list[str], hashes: list[str], image_roo
         tmp_meta.replace(folder / f"{name}.json")
     finally:
         tmp.unlink(missing_ok=True)
-    return len(kept)
+    return len(kept), stopped

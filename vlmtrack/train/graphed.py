@@ -103,7 +103,8 @@ class GraphedSteps:
         torch.cuda.current_stream().wait_stream(side)
         graph = torch.cuda.CUDAGraph()
         try:
-            with torch.cuda.graph(graph, pool=self.pool):
+            # thread_local: the feature cache's build may run the tower on another thread meanwhile
+            with torch.cuda.graph(graph, pool=self.pool, capture_error_mode="thread_local"):
                 losses = self._forward_backward(inputs)
         finally:
             for p, g in zip(self.params, saved):

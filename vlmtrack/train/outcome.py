@@ -26,7 +26,7 @@ def trial_outcomes(run: Run, step: int, bad_samples: list[dict], score: Scorer |
     ablations = []
     if e.run_ablations and run.active:
         t0 = time.perf_counter()
-        ablations = run_ablations(run.backbone, run.connectors(), lambda: run.eval_loader(run.ablation_batches),
+        ablations = run_ablations(run.backbone, run.connectors(), run.eval_loader(run.ablation_batches),
                                   run.device, run.dtype, e.ablation_seed)
         run.wall["ablations_s"] = time.perf_counter() - t0
     outcomes = []

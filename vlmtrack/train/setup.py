@@ -19,7 +19,7 @@ from vlmtrack.data.pipeline import SKIPPED_RECORDS, RunData, lineage, prepare_da
 from vlmtrack.files import write_jsonl
 from vlmtrack.model.backbone import Backbone, load_backbone
 from vlmtrack.model.connector import new_connector
-from vlmtrack.model.feature_cache import store_for_run
+from vlmtrack.model.feature_cache import BackgroundBuild, cache_folder, open_or_build, split_images
 from vlmtrack.model.kernels import compile_body, compile_connector, compile_tower, use_compile, use_fused_kernels
 from vlmtrack.runtime import distributed as dist
 from vlmtrack.runtime.device import device_and_dtype
@@ -52,6 +52,8 @@ class Run:
     ablation_batches: list[list[int]]
     eval_pieces: int
     start_step: int = 0
+    # the feature cache being built on a thread while the first steps train live (data.feature_cache_build)
+    cache_build: BackgroundBuild | None = None
     timing: dict = field(default_factory=lambda: {"step_s": [], "data_wait_s": [], "full_eval_s": [], "golden_s": []})
     # this attempt's wall time by part (startup_s, loop_s, ablations_s): not kept in checkpoints
     wall: dict = field(default_factory=dict)
@@ -112,26 +114,33 @@ def set_up_run(trials: list[Trial], log=print) -> Run:
                              base.model.connector).to(device)
     sequences_per_step = t.batch_size // world * len(trials)
     graphs_on = use_cuda_graphs(t.cuda_graphs, device, sequences_per_step)
-    workers, pin = data_workers(base.data.num_workers, device), device.type == "cuda"
-    data, train_set, eval_set = load_data(trials, backbone, device, workers, log)
+    workers = data_workers(base.data.num_workers, device)
+    build_during = cache_built_during_training(base, device, sequences_per_step, graphs_on)
+    data, train_set, eval_set, build_cache = load_data(trials, backbone, device, workers, log, build_during)
     record_skipped(trials, data, log)
     steps_per_epoch = len(train_set) // t.batch_size
     if steps_per_epoch == 0:
         raise ValueError(f"train split has {len(train_set)} samples, fewer than train.batch_size={t.batch_size}")
     total_steps = t.train_steps or t.num_epochs * steps_per_epoch
-    compiled = apply_speedups(base, backbone, device, sequences_per_step, graphs_on, total_steps, log)
     quick = seeded_subset(list(range(len(eval_set))), t.quick_eval_size, t.seed)
     ablation = seeded_subset(list(range(len(eval_set))), e.ablation_samples, e.ablation_seed)
     run = Run(base, trials, list(trials), log, device, dtype, backbone, data, train_set, eval_set, steps_per_epoch,
-              total_steps, workers, pin, graphs_on, eval_batches=rank_batches(list(range(len(eval_set))), e.batch_size),
+              total_steps, workers, device.type == "cuda", graphs_on,
+              eval_batches=rank_batches(list(range(len(eval_set))), e.batch_size),
               quick_batches=rank_batches(quick, e.batch_size), ablation_batches=rank_batches(ablation, e.batch_size),
-              eval_pieces=eval_pieces(e.batch_size, workers, data_is_live(train_set)))
-    for trial in trials:
-        start_trial(run, trial, compiled)
-    log(f"[data] train={len(train_set)} eval={len(eval_set)} buckets={data.split.bucket_counts} "
-        f"split={data.split.eval_hash} golden={data.golden_hash}")
-    if t.resume_from:
-        resume(run)
+              eval_pieces=eval_pieces(e.batch_size, workers, data_is_live(train_set)),
+              cache_build=BackgroundBuild(build_cache) if build_cache else None)
+    try:
+        compiled = apply_speedups(base, backbone, device, sequences_per_step, graphs_on, total_steps, log)
+        for trial in trials:
+            start_trial(run, trial, compiled)
+        log(f"[data] train={len(train_set)} eval={len(eval_set)} buckets={data.split.bucket_counts} "
+            f"split={data.split.eval_hash} golden={data.golden_hash}")
+        if t.resume_from:
+            resume(run)
+    except BaseException:
+        stop_cache_build(run)  # its thread would run on after the error
+        raise
     return run
 
 
@@ -163,12 +172,26 @@ def data_is_live(dataset: CaptionDataset) -> bool:
     return dataset.features is None
 
 
-def load_data(trials: list[Trial], backbone: Backbone, device: torch.device, workers: int, log):
-    """The split, golden set and feature cache (written once, by rank 0), and the train and eval sets."""
+def load_data(trials: list[Trial], backbone: Backbone, device: torch.device, workers: int, log,
+              build_during: bool = False):
+    """The split, golden set and feature cache (written once, by rank 0), the train and eval sets, and with
+    `build_during` the cache's build, for a thread to run (the sets then start live; else None)."""
     base = trials[0].cfg
+    features, build = None, None
     with dist.main_first():
         data = prepare_data(base, backbone.tokenizer, trials[0].out_dir)
-        features = store_for_run(base, backbone, data, device, workers, log)
+        folder = cache_folder(base, backbone, data, log)
+        if folder is not None:
+            def build_cache(stop=None):
+                return open_or_build(folder, data.image_root, split_images(data), backbone, device,
+                                     base.eval.batch_size, workers, log, stop)
+
+            if build_during:
+                log("[cache] built on a thread while the first steps train on the live tower "
+                    "(data.feature_cache_build=before builds it first)")
+                build = build_cache
+            else:
+                features = build_cache()
     for trial in trials:
         if trial.expected_hashes and trial.expected_hashes != (data.split.eval_hash, data.golden_hash):
             raise DataError(f"{trial.name}: eval split/golden set {data.split.eval_hash}/"
@@ -180,7 +203,43 @@ def load_data(trials: list[Trial], backbone: Backbone, device: torch.device, wor
                               base.data.max_seq_len, on_bad_image, features, backbone.tower_dtype,
                               backbone.boundary_token_id)
 
-    return data, dataset(data.split.train, base.data.on_bad_image), dataset(data.split.eval)
+    return data, dataset(data.split.train, base.data.on_bad_image), dataset(data.split.eval), build
+
+
+def cache_built_during_training(cfg: Config, device: torch.device, sequences_per_step: int, graphs_on: bool) -> bool:
+    """data.feature_cache_build: `auto` builds on a thread on one CUDA device, where the tower's batches
+    overlap the first steps; before on CPU (the thread would take the training's cores), under torchrun
+    (rank 0 builds while the others wait at a barrier) and with train.compile (the build would run the
+    tower while it is being compiled)."""
+    setting = cfg.data.feature_cache_build
+    if setting != "auto":
+        return setting == "during"
+    may_compile = use_compile(cfg.train.compile, device, sequences_per_step, graphs_on, total_steps=10**9)
+    return device.type == "cuda" and dist.world_size() == 1 and not may_compile
+
+
+def take_finished_cache(run: Run, step: int) -> bool:
+    """Once the background build has finished: the train and eval sets read the cache from here on. True
+    when they switched (the caller restarts its loader from the same batch)."""
+    build = run.cache_build
+    if build is None or not build.done():
+        return False
+    run.cache_build = None
+    if build.store is None:
+        run.log(f"[cache] the feature cache's build ended early ({build.error or 'stopped'}): "
+                "the run goes on with the live tower")
+        return False
+    run.train_set.features = run.eval_set.features = build.store
+    run.eval_pieces = eval_pieces(run.cfg.eval.batch_size, run.workers, False)
+    run.log(f"[cache] the feature cache is complete: cached features from step {step} on")
+    return True
+
+
+def stop_cache_build(run: Run) -> None:
+    """At the run's end (or its failure): the build stops at its next batch and keeps what it computed."""
+    if run.cache_build is not None:
+        run.cache_build.stop()
+        take_finished_cache(run, -1)
 
 
 def apply_speedups(cfg: Config, backbone: Backbone, device: torch.device, sequences_per_step: int, graphs_on: bool,

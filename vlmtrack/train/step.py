@@ -17,7 +17,7 @@ from vlmtrack.model.forward import batch_losses
 from vlmtrack.runtime import distributed as dist
 from vlmtrack.runtime.device import autocast
 from vlmtrack.train.graphed import GraphedSteps
-from vlmtrack.train.setup import Run
+from vlmtrack.train.setup import Run, take_finished_cache
 
 SANITY_KEYS = ("n", "truncated", "label_zero", "label_tokens")
 
@@ -68,6 +68,11 @@ class TrainBatches:
         return train_batches(r.train_set, t.batch_size, t.seed, start, r.backbone.pad_id, r.workers, r.pin,
                              self.lengths, dist.rank(), dist.world_size(), stop_step=start + r.total_steps - step)
 
+    def restart(self, step: int) -> None:
+        """A new loader from the next batch on (the sets changed how they read images); the old one's
+        workers stop with it."""
+        self._batches = self._from(self.drawn, step)
+
     def next(self, step: int):
         while True:
             try:
@@ -106,6 +111,9 @@ class Stepper:
     def step(self, step: int) -> int:
         """One optimizer update over train.gradient_accum micro-batches; returns the step reached."""
         run, t = self.run, self.run.cfg.train
+        if run.cache_build is not None and take_finished_cache(run, step):
+            self.batches.restart(step)
+            self.graphs = None  # the live tower's captures go: cached batches are captured anew
         t0 = time.perf_counter()
         n_micro = min(t.gradient_accum, run.total_steps - step)
         window, counts = zip(*[self.batches.next(step) for _ in range(n_micro)])

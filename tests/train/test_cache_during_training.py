@@ -1,0 +1,83 @@
+"""data.feature_cache_build=during: the first steps train on the live tower while the cache is built on a
+thread; once it is complete the loader restarts at the next batch and reads cached features."""
+import threading
+import time
+
+import pytest
+
+from tests.helpers.tiny_models import tiny_config
+from vlmtrack.config import load_config
+from vlmtrack.tracking.base import JsonlTracker
+from vlmtrack.train import loop, setup
+from vlmtrack.train import step as step_module
+
+
+def recorded_run(cfg, monkeypatch, release_at: int | None):
+    """Trains cfg, recording each batch's sample ids and vision input; with `release_at`, the cache's
+    build waits until that many batches were drawn, and the run then waits for the build to finish."""
+    gate, drawn, logs = threading.Event(), [], []
+    real_build, real_next = setup.open_or_build, step_module.TrainBatches.next
+
+    def gated_build(*args, **kwargs):
+        assert gate.wait(60), "the test never released the build"
+        return real_build(*args, **kwargs)
+
+    def recording_next(self, step):
+        b, tokens = real_next(self, step)
+        drawn.append((list(b.ids), "features" if b.features is not None else "pixels"))
+        if len(drawn) == release_at:
+            gate.set()
+            while self.run.cache_build is not None and not self.run.cache_build.done():
+                time.sleep(0.01)
+        return b, tokens
+
+    monkeypatch.setattr(setup, "open_or_build", gated_build)
+    monkeypatch.setattr(step_module.TrainBatches, "next", recording_next)
+    if release_at is None:
+        gate.set()
+    outcome = loop.train(cfg, JsonlTracker(), log=logs.append)
+    monkeypatch.undo()
+    return outcome, drawn, logs
+
+
+def test_the_run_switches_to_the_cache_at_the_next_batch_and_draws_the_same_samples(tiny_paths, tmp_path,
+                                                                                    monkeypatch):
+    during = tiny_config(tiny_paths, tmp_path / "during")
+    during.data.feature_cache_dir, during.data.feature_cache_build = str(tmp_path / "cache-a"), "during"
+    before = tiny_config(tiny_paths, tmp_path / "before")
+    before.data.feature_cache_dir, before.data.feature_cache_build = str(tmp_path / "cache-b"), "before"
+    a, drawn_during, logs = recorded_run(during, monkeypatch, release_at=3)
+    b, drawn_before, _ = recorded_run(before, monkeypatch, release_at=None)
+    assert [kind for _, kind in drawn_during] == ["pixels"] * 3 + ["features"] * 5
+    assert [kind for _, kind in drawn_before] == ["features"] * 8
+    assert [ids for ids, _ in drawn_during] == [ids for ids, _ in drawn_before]  # none lost, none twice
+    assert any("built on a thread while the first steps train" in line for line in logs)
+    assert any("the feature cache is complete: cached features from step 3 on" in line for line in logs)
+    # the first three steps saw fp32 live features instead of their bf16 copies: close, not equal
+    assert a["final_eval"]["eval_loss"] == pytest.approx(b["final_eval"]["eval_loss"], rel=2e-2)
+    assert a["final_eval"]["eval_label_tokens_total"] == b["final_eval"]["eval_label_tokens_total"]
+
+
+def test_a_run_that_ends_first_stops_the_build_and_trains_live_throughout(tiny_paths, tmp_path, monkeypatch):
+    cfg = tiny_config(tiny_paths, tmp_path / "out")
+    cfg.data.feature_cache_dir, cfg.data.feature_cache_build = str(tmp_path / "cache"), "during"
+    threads = threading.active_count()
+    outcome, drawn, logs = recorded_run(cfg, monkeypatch, release_at=99)  # never released by a batch
+    assert [kind for _, kind in drawn] == ["pixels"] * 8
+    assert outcome["final_eval"]["eval_loss"] > 0
+    assert threading.active_count() == threads  # the build's thread ended with the run
+
+
+def test_auto_builds_during_training_only_on_one_cuda_device_without_compile():
+    import torch
+
+    cfg = load_config(None, [])
+    assert not setup.cache_built_during_training(cfg, torch.device("cpu"), 4, False)
+    assert setup.cache_built_during_training(cfg, torch.device("cuda"), 4, True)
+    assert not setup.cache_built_during_training(cfg, torch.device("cuda"), 256, False)  # may compile
+    cfg.train.compile = "off"
+    assert setup.cache_built_during_training(cfg, torch.device("cuda"), 256, False)
+    cfg.data.feature_cache_build = "before"
+    assert not setup.cache_built_during_training(cfg, torch.device("cuda"), 4, True)
+    cfg.data.feature_cache_build = "during"
+    assert setup.cache_built_during_training(cfg, torch.device("cpu"), 4, False)
