@@ -179,3 +179,54 @@ def test_a_background_build_gives_the_same_store_and_a_stopped_one_keeps_its_row
     assert any(f"computing vision features of {distinct - 4} image(s)" in line for line in logs)
     assert set(store.row_of) == set(rels)
     assert all(torch.equal(store.get(r), first.get(r)) for r in rels)
+
+
+def test_a_build_commits_a_shard_every_few_rows_and_one_that_dies_keeps_them(run_parts, tmp_path, monkeypatch):
+    cfg, bb, data = run_parts
+    rels = fc.split_images(data)[:20]
+    monkeypatch.setattr(fc, "SHARD_ROWS", 4)
+    folder, calls, real = tmp_path / "dies", [], bb.vision_features
+
+    def dies_at_the_fourth_batch(pixels):
+        calls.append(len(pixels))
+        if len(calls) == 4:
+            raise RuntimeError("CUDA out of memory (simulated)")
+        return real(pixels)
+
+    bb.vision_features = dies_at_the_fourth_batch
+    try:
+        with pytest.raises(RuntimeError, match="simulated"):
+            fc.open_or_build(folder, data.image_root, rels, bb, torch.device("cpu"), batch_size=3, log=lambda *_: None)
+    finally:
+        bb.vision_features = real
+    # batches of 3: a shard is committed once it holds 4 rows or more (at 6); the 3 rows after it die with it
+    assert [json.loads((folder / s).read_text())["shape"][0] for s in shards(folder)] == [6]
+    assert not list(folder.glob(".*tmp"))
+    logs = []
+    store = fc.open_or_build(folder, data.image_root, rels, bb, torch.device("cpu"), batch_size=3, log=logs.append)
+    distinct = len({fc.image_hash(data.image_root, r) for r in rels})
+    assert any(f"computing vision features of {distinct - 6} image(s)" in line for line in logs)
+    assert set(store.row_of) == set(rels)
+    fresh = fc.open_or_build(tmp_path / "fresh", data.image_root, rels, bb, torch.device("cpu"), log=lambda *_: None)
+    assert all(torch.equal(store.get(r), fresh.get(r)) for r in rels)
+
+
+def test_the_next_build_removes_a_dead_builds_temporary_shard_and_no_other(run_parts, tmp_path):
+    import subprocess
+    import sys
+
+    cfg, bb, data = run_parts
+    folder = tmp_path / "c"
+    folder.mkdir()
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead = int(gone.stdout)
+    host = fc._writer_tag().rsplit("-", 1)[0]
+    left = folder / f".shard-1-{host}-{dead}.bin.tmp"
+    mine = folder / f".shard-2-{host}-{__import__('os').getpid()}.bin.tmp"
+    elsewhere = folder / f".shard-3-otherhost-{dead}.bin.tmp"
+    for f in (left, mine, elsewhere):
+        f.write_bytes(b"\0" * 1024)
+    logs = []
+    fc.open_or_build(folder, data.image_root, fc.split_images(data)[:2], bb, torch.device("cpu"), log=logs.append)
+    assert not left.exists() and mine.exists() and elsewhere.exists()
+    assert any(f"left by a build whose process (pid {dead}) died" in line for line in logs)

@@ -4,7 +4,8 @@
 Features are stored before `vision_ln` (which belongs to the connector), so one cache serves both
 settings of the sweep, and the ablations see exactly what the live tower would give. Stored in bf16 as
 shards of raw rows ([n, tokens, dim]) with a JSON index of image content hashes, each shard written
-to a temporary name and renamed: a build that dies leaves no half-written shard.
+to a temporary name and renamed: a build that dies leaves no half-written shard, keeps the shards it
+committed (one every SHARD_ROWS rows), and its temporary file is removed by the next build on its host.
 
 A build can run on a thread (`BackgroundBuild`) while the run's first steps train on the live tower; a
 build stopped early keeps the rows it computed as a shard, and the next build computes only the rest.
@@ -15,6 +16,8 @@ import hashlib
 import json
 import contextlib
 import os
+import re
+import socket
 import threading
 import time
 from dataclasses import dataclass, field
@@ -170,6 +173,7 @@ def open_or_build(folder: Path, image_root: Path, relpaths: list[str], backbone,
     Images that cannot be read are left out: the dataset then handles them by `data.on_bad_image`. A build
     that `stop` ends early keeps what it computed and returns None (the store would be incomplete)."""
     folder.mkdir(parents=True, exist_ok=True)
+    remove_dead_writers_files(folder, log)
     t0 = time.perf_counter()
     hashes = {rel: image_hash(image_root, rel) for rel in dict.fromkeys(relpaths)}
     by_hash, shards = _index(folder)
@@ -210,42 +214,104 @@ def _collate(items):
     return [i for i, _ in ok], (torch.stack([px for _, px in ok]) if ok else None)
 
 
+SHARD_ROWS = 8192  # a build commits a shard every this many rows (SigLIP-base: 2.3 GiB): a death loses one at most
+
+
+def _writer_tag() -> str:
+    """This process's mark in a temporary shard's name: its host and pid (a shared cache folder has writers
+    on several hosts), so that a later build can tell a dead writer's leftovers from a live one's."""
+    return f"{re.sub(r'[^A-Za-z0-9.]', '_', socket.gethostname())}-{os.getpid()}"
+
+
+def remove_dead_writers_files(folder: Path, log=print) -> None:
+    """Deletes the temporary shards of builds on this host whose process is gone (killed mid-shard): each
+    would otherwise keep up to a shard's gigabytes on the disk for ever."""
+    host = _writer_tag().rsplit("-", 1)[0]
+    for tmp in folder.glob(".shard-*.tmp"):
+        writer = tmp.name.split(".")[1].split("-")  # shard, time, host, pid
+        if len(writer) != 4 or writer[2] != host or not writer[3].isdigit() or _alive(int(writer[3])):
+            continue
+        size = tmp.stat().st_size if tmp.exists() else 0
+        tmp.unlink(missing_ok=True)
+        log(f"[cache] removed {tmp.name} ({size / 2**30:.2f} GiB), left by a build whose process (pid "
+            f"{writer[3]}) died")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
+class _ShardWriter:
+    """Rows appended to a temporary file and committed as a shard (the file renamed, then its index written)
+    every SHARD_ROWS rows and at the end; `discard()` drops only the shard being written."""
+
+    def __init__(self, folder: Path, hashes: list[str]):
+        self.folder, self.hashes, self.written = folder, hashes, 0
+        self._start()
+
+    def _start(self) -> None:
+        self.name = f"shard-{time.time_ns()}-{_writer_tag()}"
+        self.tmp = self.folder / f".{self.name}.bin.tmp"
+        self.file = open(self.tmp, "wb")
+        self.rows: list[int] = []
+        self.shape = None
+
+    def add(self, index: list[int], features: torch.Tensor) -> None:
+        self.file.write(features.contiguous().view(torch.uint16).numpy().tobytes())
+        self.rows += index
+        self.shape = list(features.shape[1:])
+        if len(self.rows) >= SHARD_ROWS:
+            self.commit()
+            self._start()
+
+    def commit(self) -> None:
+        self.file.close()
+        if not self.rows:
+            self.tmp.unlink(missing_ok=True)
+            return
+        self.tmp.replace(self.folder / f"{self.name}.bin")
+        meta = {"file": f"{self.name}.bin", "shape": [len(self.rows), *self.shape],
+                "hashes": [self.hashes[i] for i in self.rows]}
+        tmp_meta = self.folder / f".{self.name}.json.tmp"
+        tmp_meta.write_text(json.dumps(meta))
+        tmp_meta.replace(self.folder / f"{self.name}.json")
+        self.written += len(self.rows)
+
+    def discard(self) -> None:
+        self.file.close()
+        self.tmp.unlink(missing_ok=True)
+
+
 @torch.no_grad()
 def _build_shard(folder: Path, relpaths: list[str], hashes: list[str], image_root: Path, backbone,
                  device: torch.device, batch_size: int, num_workers: int,
                  stop: threading.Event | None = None) -> tuple[int, bool]:
-    """(rows written, whether `stop` ended the build early). On CUDA the tower runs on its own stream, so
-    that a build on a thread overlaps the training steps instead of queueing behind them."""
-    name = f"shard-{time.time_ns()}-{os.getpid()}"
-    tmp = folder / f".{name}.bin.tmp"
-    kept: list[int] = []
-    shape = None
+    """(rows written, whether `stop` ended the build early), in shards of SHARD_ROWS. On CUDA the tower
+    runs on its own stream, so that a build on a thread overlaps the training steps instead of queueing
+    behind them."""
     dtype = backbone.tower_dtype
     loader = torch.utils.data.DataLoader(_Images(relpaths, image_root, backbone.image_processor, dtype),
                                          batch_size=batch_size, num_workers=num_workers, collate_fn=_collate,
                                          pin_memory=device.type == "cuda")
     stopped = False
     stream = torch.cuda.Stream(device) if device.type == "cuda" else None
+    writer = _ShardWriter(folder, hashes)
     try:
-        with open(tmp, "wb") as f, torch.cuda.stream(stream) if stream else contextlib.nullcontext():
+        with torch.cuda.stream(stream) if stream else contextlib.nullcontext():
             for index, pixels in loader:
                 if stop is not None and stop.is_set():
                     stopped = True
                     break
-                if pixels is None:
-                    continue
-                feats = backbone.vision_features(pixels.to(device, dtype)).to(torch.bfloat16).cpu()
-                shape = feats.shape[1:]
-                f.write(feats.contiguous().view(torch.uint16).numpy().tobytes())
-                kept += index
-        if not kept:
-            tmp.unlink()
-            return 0, stopped
-        tmp.replace(folder / f"{name}.bin")
-        meta = {"file": f"{name}.bin", "shape": [len(kept), *shape], "hashes": [hashes[i] for i in kept]}
-        tmp_meta = folder / f".{name}.json.tmp"
-        tmp_meta.write_text(json.dumps(meta))
-        tmp_meta.replace(folder / f"{name}.json")
-    finally:
-        tmp.unlink(missing_ok=True)
-    return len(kept), stopped
+                if pixels is not None:
+                    writer.add(index, backbone.vision_features(pixels.to(device, dtype)).to(torch.bfloat16).cpu())
+        writer.commit()
+    except BaseException:
+        writer.discard()  # the shards committed before stay
+        raise
+    return writer.written, stopped
