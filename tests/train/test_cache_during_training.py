@@ -81,3 +81,18 @@ def test_auto_builds_during_training_only_on_one_cuda_device_without_compile():
     assert not setup.cache_built_during_training(cfg, torch.device("cuda"), 4, True)
     cfg.data.feature_cache_build = "during"
     assert setup.cache_built_during_training(cfg, torch.device("cpu"), 4, False)
+
+
+def test_a_build_that_fails_leaves_the_run_on_the_live_tower_saying_why(tiny_paths, tmp_path, monkeypatch):
+    cfg = tiny_config(tiny_paths, tmp_path / "out")
+    cfg.data.feature_cache_dir, cfg.data.feature_cache_build = str(tmp_path / "cache"), "during"
+
+    def broken(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(setup, "open_or_build", broken)
+    logs = []
+    outcome = loop.train(cfg, JsonlTracker(), log=logs.append)
+    assert outcome["final_eval"]["eval_loss"] > 0 and outcome["step"] == 8
+    assert any("the feature cache's build ended early (OSError: [Errno 28] No space left on device): the run "
+               "goes on with the live tower" in line for line in logs)
