@@ -178,7 +178,7 @@ def timed_start(cfg) -> dict[str, float]:
                 steps.step(2)
                 if torch.cuda.is_available():
                     torch.cuda.synchronize()
-        setup.stop_cache_build(run)
+        setup.release(run)
     return dict(timer.seconds)
 
 

@@ -75,6 +75,26 @@ def test_an_eval_loader_in_pieces_gives_the_same_batches(tiny_paths, tmp_path):
             assert torch.equal(getattr(a, name), getattr(b, name)), name
 
 
+def test_a_persistent_eval_loader_gives_the_same_batches_every_pass_with_the_same_workers(tiny_paths, tmp_path):
+    """An eval's loader is iterated once per eval; its workers stay up between passes (a full run has
+    thousands of quick evals), whole or in pieces, and every pass gives the one-shot loader's batches."""
+    bb, ds = tiny_dataset(tiny_paths, tmp_path)
+    batches = chunks(list(range(len(ds))), 2)
+    once = list(loader(ds, batches, bb.pad_id, num_workers=0, batch_size=2))
+    for pieces in (1, 2):
+        kept = loader(ds, batches, bb.pad_id, num_workers=2, batch_size=2, pieces=pieces, persistent=True)
+        inner = kept if pieces == 1 else kept.parts
+        passes, workers = [], []
+        for _ in range(2):
+            passes.append(list(kept))
+            workers.append([w.pid for w in inner._iterator._workers])
+        assert workers[0] == workers[1] and len(workers[0]) == 2
+        for run in passes:
+            assert [b.ids for b in run] == [b.ids for b in once]
+            assert all(torch.equal(a.input_ids, b.input_ids) for a, b in zip(run, once))
+        del kept, inner
+
+
 def test_eval_batches_go_in_pieces_only_where_workers_decode_images():
     assert eval_pieces(256, 14, decodes_images=True) == 8, "pieces of 32"
     assert eval_pieces(256, 4, decodes_images=True) == 4, "no more pieces than workers"

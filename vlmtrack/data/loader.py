@@ -112,25 +112,41 @@ def loader_sizing(num_workers: int, batch_bytes: int) -> tuple[int, int]:
 
 
 def loader(dataset: CaptionDataset, batches, pad_id: int, num_workers: int, pin: bool = False,
-           batch_size: int = 0, pieces: int = 1):
+           batch_size: int = 0, pieces: int = 1, persistent: bool = False):
     """Batches in the given order; workers decode ahead (prefetch) into pinned memory on CUDA, as many
     batches ahead as loader_sizing allows for `batch_size` samples a batch (0: the full prefetch).
     With `pieces` > 1 (a list of batches), each batch is loaded as that many pieces, by as many workers
     at once, and joined again in order: the same batches, the first of them sooner. Neither the pieces nor
     the joined batches are pinned: that would copy every batch twice more on the main thread, which feeds
-    the GPU."""
+    the GPU. With `persistent` (a list of batches, loaded again and again: an eval), the loader is iterated
+    once per pass and its workers stay up between passes instead of being forked anew each time."""
     if pieces > 1:
         split = [chunks(b, -(-len(b) // pieces)) for b in batches]
-        parts = iter(loader(dataset, [p for s in split for p in s], pad_id, num_workers, False,
-                            -(-batch_size // pieces)))
-        return (join_batches([next(parts) for _ in s], pad_id) for s in split)
+        parts = loader(dataset, [p for s in split for p in s], pad_id, num_workers, False,
+                       -(-batch_size // pieces), persistent=persistent)
+        return JoinedPieces(parts, [len(s) for s in split], pad_id)
     workers, prefetch = loader_sizing(num_workers, batch_size * dataset.vision_bytes())
     if isinstance(batches, list):  # no worker without a batch to load: each one forked costs the main process
         workers = min(workers, len(batches))
     extra = {"prefetch_factor": prefetch} if workers > 0 else {}
     return torch.utils.data.DataLoader(dataset, batch_sampler=batches, num_workers=workers,
                                        collate_fn=functools.partial(collate, pad_id=pad_id),
-                                       persistent_workers=False, pin_memory=pin, **extra)
+                                       persistent_workers=persistent and workers > 0, pin_memory=pin, **extra)
+
+
+class JoinedPieces:
+    """Each batch joined from its consecutive pieces (`counts[i]` of them), in order; iterable once per pass
+    over the loader of pieces under it."""
+
+    def __init__(self, parts, counts: list[int], pad_id: int):
+        self.parts, self.counts, self.pad_id = parts, counts, pad_id
+
+    def __iter__(self):
+        parts = iter(self.parts)
+        return (join_batches([next(parts) for _ in range(n)], self.pad_id) for n in self.counts)
+
+    def __len__(self) -> int:
+        return len(self.counts)
 
 
 def eval_pieces(batch_size: int, num_workers: int, decodes_images: bool) -> int:

@@ -13,7 +13,7 @@ from vlmtrack.train.actions import (drop_nonfinite, full_eval, golden, log_epoch
                                     progress_bar, save)
 from vlmtrack.train.outcome import Scorer, trial_outcomes
 from vlmtrack.train.schedule import due_at
-from vlmtrack.train.setup import Run, set_up_run, stop_cache_build
+from vlmtrack.train.setup import Run, release, set_up_run
 from vlmtrack.train.step import Stepper
 from vlmtrack.train.trial import NonFiniteLossError, Trial
 
@@ -36,7 +36,7 @@ def train_trials(trials: list[Trial], log=print, score: Scorer | None = None,
     try:
         return _train(run, on_trial_failed, score)
     finally:
-        stop_cache_build(run)
+        release(run)
 
 
 def _train(run: Run, on_trial_failed, score: Scorer | None) -> list[dict]:

@@ -54,6 +54,9 @@ class Run:
     start_step: int = 0
     # the feature cache being built on a thread while the first steps train live (data.feature_cache_build)
     cache_build: BackgroundBuild | None = None
+    # one loader per eval batch list (full, quick, ablation), by the list's id: its workers are started once
+    # and kept between evals (a full run has thousands of quick evals, each one forked its workers anew)
+    eval_loaders: dict = field(default_factory=dict)
     timing: dict = field(default_factory=lambda: {"step_s": [], "data_wait_s": [], "full_eval_s": [], "golden_s": []})
     # this attempt's wall time by part (startup_s, loop_s, ablations_s): not kept in checkpoints
     wall: dict = field(default_factory=dict)
@@ -66,9 +69,11 @@ class Run:
         return [tr.connector for tr in self.active]
 
     def eval_loader(self, batches: list[list[int]]):
-        e = self.cfg.eval
-        return loader(self.eval_set, batches, self.backbone.pad_id, self.workers, self.pin, e.batch_size,
-                      self.eval_pieces)
+        if id(batches) not in self.eval_loaders:
+            self.eval_loaders[id(batches)] = batches, loader(
+                self.eval_set, batches, self.backbone.pad_id, self.workers, self.pin, self.cfg.eval.batch_size,
+                self.eval_pieces, persistent=True)
+        return self.eval_loaders[id(batches)][1]
 
 
 def check_writable(out_dir: Path) -> None:
@@ -139,7 +144,7 @@ def set_up_run(trials: list[Trial], log=print) -> Run:
         if t.resume_from:
             resume(run)
     except BaseException:
-        stop_cache_build(run)  # its thread would run on after the error
+        release(run)  # a cache build's thread would run on after the error
         raise
     return run
 
@@ -231,15 +236,18 @@ def take_finished_cache(run: Run, step: int) -> bool:
         return False
     run.train_set.features = run.eval_set.features = build.store
     run.eval_pieces = eval_pieces(run.cfg.eval.batch_size, run.workers, False)
+    run.eval_loaders.clear()  # their workers hold the live sets: they stop, and the next eval starts new ones
     run.log(f"[cache] the feature cache is complete: cached features from step {step} on")
     return True
 
 
-def stop_cache_build(run: Run) -> None:
-    """At the run's end (or its failure): the build stops at its next batch and keeps what it computed."""
+def release(run: Run) -> None:
+    """At the run's end (or its failure): a feature-cache build stops at its next batch and keeps what it
+    computed, and the eval loaders' workers stop."""
     if run.cache_build is not None:
         run.cache_build.stop()
         take_finished_cache(run, -1)
+    run.eval_loaders.clear()
 
 
 def apply_speedups(cfg: Config, backbone: Backbone, device: torch.device, sequences_per_step: int, graphs_on: bool,
