@@ -21,6 +21,7 @@ from torch.profiler import ProfilerActivity, profile
 
 from vlmtrack.bench.run import bench_config, build_preset, write_images
 from vlmtrack.tracking.base import JsonlTracker
+from vlmtrack.train.checkpoint import load_trainer_state
 from vlmtrack.train import setup, step
 from vlmtrack.train.loop import Trial, train_trials
 
@@ -88,8 +89,7 @@ def run(paths, data, root: Path, regime: str, batch: int, steps: int, workers: i
         train_trials([Trial(cfg, JsonlTracker())], print)
     finally:
         setup.loader, setup.eval_pieces, step.train_batches = real_loader, real_pieces, real_train
-    state = root / regime / "checkpoints" / f"step_{steps}" / "trainer_state.pt"
-    timing = torch.load(state, weights_only=True)["timing"]
+    timing = load_trainer_state(root / regime / "checkpoints" / f"step_{steps}")["timing"]
     print(f"[{regime}] step s: " + " ".join(f"{s:.3f}" for s in timing["step_s"]))
     print(f"[{regime}] data wait s: " + " ".join(f"{s:.3f}" for s in timing["data_wait_s"]))
     return evals

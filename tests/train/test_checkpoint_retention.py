@@ -84,3 +84,22 @@ def test_200_saves_keep_every_caption_and_a_bounded_set_of_checkpoints(tiny_path
     assert len(list((tmp_path / "killed" / CHECKPOINTS).iterdir())) <= KEEP + 1
     both = golden_steps(client, first.run_id) + golden_steps(client, second.run_id)
     assert sorted(set(both)) == list(range(1, SAVES + 1))  # every save's captions, across the two attempts
+
+
+def test_timings_travel_in_checkpoints_as_tensors_and_come_back_as_lists(tmp_path):
+    """A value per step for the whole run: packed as float32 (4 bytes a step, where the pickled floats took
+    ~9); read back, the loop gets its lists (from a checkpoint written before the packing too)."""
+    import torch
+
+    from vlmtrack.train import checkpoint as ckpt
+
+    timing = {"step_s": [0.01 * (i % 97) for i in range(556_000)], "data_wait_s": [0.0] * 556_000,
+              "full_eval_s": [5.25], "golden_s": []}
+    torch.save({"timing": ckpt.packed_timing(timing)}, tmp_path / "trainer_state.pt")
+    assert (tmp_path / "trainer_state.pt").stat().st_size < 2 * 556_000 * 4 + 100_000
+    back = ckpt.load_trainer_state(tmp_path)["timing"]
+    assert set(back) == set(timing) and all(isinstance(v, list) for v in back.values())
+    assert back["full_eval_s"] == [5.25] and back["golden_s"] == []
+    assert max(abs(a - b) for a, b in zip(back["step_s"], timing["step_s"])) < 1e-6
+    torch.save({"timing": timing}, tmp_path / "trainer_state.pt")  # written before the packing
+    assert ckpt.load_trainer_state(tmp_path)["timing"] == timing

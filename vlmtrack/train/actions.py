@@ -137,7 +137,7 @@ def remove_checkpoints(run: Run, tr: Trial, dropped: list[dict]) -> None:
 
 def trainer_state(run: Run, tr: Trial, step: int) -> dict:
     return {"step": step, "global_sample_index": step * run.cfg.train.batch_size, "evals": tr.evals,
-            "timing": run.timing, "checkpoints": tr.checkpoints}
+            "timing": ckpt.packed_timing(run.timing), "checkpoints": tr.checkpoints}
 
 
 def progress_bar(run: Run):

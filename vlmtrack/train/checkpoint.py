@@ -106,7 +106,21 @@ def write_error(final: Path, file: str, e: Exception, full: bool) -> CheckpointW
 
 
 def load_trainer_state(path: Path) -> dict:
-    return torch.load(path / TRAINER_STATE_FILE, weights_only=True)  # no pickled code from a checkpoint
+    state = torch.load(path / TRAINER_STATE_FILE, weights_only=True)  # no pickled code from a checkpoint
+    state["timing"] = unpacked_timing(state.get("timing", {}))
+    return state
+
+
+def packed_timing(timing: dict[str, list[float]]) -> dict[str, torch.Tensor]:
+    """The run's timings (a value per step, eval or dump) as float32 tensors for a checkpoint: at the full
+    run's 556K steps the lists of Python floats took 0.24 s and 10 MB to pickle at every save, growing with
+    the run (2.8 GB written over its ~556 saves); tensors take milliseconds and 4.4 MB at the end."""
+    return {k: torch.tensor(v, dtype=torch.float32) for k, v in timing.items()}
+
+
+def unpacked_timing(timing: dict) -> dict[str, list[float]]:
+    """The loop's lists again, from packed tensors or from a checkpoint written before they were packed."""
+    return {k: v.tolist() if isinstance(v, torch.Tensor) else list(v) for k, v in timing.items()}
 
 
 def resume_path(out_dir: Path, given: str) -> Path:
