@@ -30,3 +30,19 @@ def test_startup_bench_times_every_data_phase(tmp_path, capsys):
 def test_the_existence_benchmark_finds_its_two_missing_images_every_way(tmp_path):
     results = load_script(SCRIPT.parent / "image_existence.py").measure(tmp_path, records=3000, images=900, repeats=1)
     assert len(results) == 3 and all(missing == 2 for _, missing in results.values())
+
+
+def test_the_startup_bench_times_a_run_whose_cache_is_built_during_the_first_steps(tmp_path, capsys):
+    """The GPU session's measurement, on CPU with the tiny preset: set_up_run phase by phase, the first two
+    steps on the live tower, when the cache was ready and the first step that read it; then a second start
+    that finds the cache complete."""
+    bench = load_script()
+    data = bench.build_set(tmp_path, records=3000, images=200, workers=2)
+    bench.model_phases(data, tmp_path, "tiny", "during")
+    out = capsys.readouterr().out
+    table = out[out.index("set_up_run and first steps"):]
+    for phase in ("model load", "feature cache estimate", "feature cache build", "set_up_run (total)",
+                  "first step (graph capture)", "to the first step's end"):
+        assert phase in table, phase
+    assert "built on a thread while the first steps train" in out
+    assert "[cache] the feature cache is complete: cached features from step" in out

@@ -68,12 +68,15 @@ def test_a_run_that_ends_first_stops_the_build_and_trains_live_throughout(tiny_p
     assert threading.active_count() == threads  # the build's thread ended with the run
 
 
-def test_auto_builds_during_training_only_on_one_cuda_device_without_compile():
+def test_auto_builds_during_training_only_on_one_cuda_device_without_compile(monkeypatch):
     import torch
 
     cfg = load_config(None, [])
     assert not setup.cache_built_during_training(cfg, torch.device("cpu"), 4, False)
     assert setup.cache_built_during_training(cfg, torch.device("cuda"), 4, True)
+    monkeypatch.setattr(setup.dist, "world_size", lambda: 2)  # torchrun: rank 0 builds first, the others wait
+    assert not setup.cache_built_during_training(cfg, torch.device("cuda"), 4, True)
+    monkeypatch.undo()
     assert not setup.cache_built_during_training(cfg, torch.device("cuda"), 256, False)  # may compile
     cfg.train.compile = "off"
     assert setup.cache_built_during_training(cfg, torch.device("cuda"), 256, False)
