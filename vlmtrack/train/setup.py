@@ -244,9 +244,11 @@ def take_finished_cache(run: Run, step: int) -> bool:
 def release(run: Run) -> None:
     """At the run's end (or its failure): a feature-cache build stops at its next batch and keeps what it
     computed, and the eval loaders' workers stop."""
-    if run.cache_build is not None:
-        run.cache_build.stop()
-        take_finished_cache(run, -1)
+    build, run.cache_build = run.cache_build, None
+    if build is not None:
+        build.stop()  # its own log says whether it finished or what it kept
+        if build.error:
+            run.log(f"[cache] the feature cache's build failed ({build.error})")
     run.eval_loaders.clear()
 
 
