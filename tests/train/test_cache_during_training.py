@@ -99,3 +99,24 @@ def test_a_build_that_fails_leaves_the_run_on_the_live_tower_saying_why(tiny_pat
     assert outcome["final_eval"]["eval_loss"] > 0 and outcome["step"] == 8
     assert any("the feature cache's build ended early (OSError: [Errno 28] No space left on device): the run "
                "goes on with the live tower" in line for line in logs)
+
+
+@pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="needs CUDA")
+def test_on_cuda_the_step_is_captured_and_replayed_while_the_build_runs(tiny_paths, tmp_path, monkeypatch):
+    """The build's tower runs on its own thread and stream while the main thread captures the graph step
+    (thread_local capture mode): no capture fails, and the run switches to the cache once it is built."""
+    cfg = tiny_config(tiny_paths, tmp_path / "out", train_steps=40, save_every=40)
+    cfg.data.feature_cache_dir, cfg.data.feature_cache_build = str(tmp_path / "cache"), "during"
+    cfg.train.cuda_graphs = "on"
+    real_build = setup.open_or_build
+
+    def one_image_a_batch(folder, image_root, relpaths, backbone, device, batch_size, *args, **kwargs):
+        return real_build(folder, image_root, relpaths, backbone, device, 1, *args, **kwargs)  # a long build
+
+    monkeypatch.setattr(setup, "open_or_build", one_image_a_batch)
+    logs = []
+    outcome = loop.train(cfg, JsonlTracker(), log=logs.append)
+    assert outcome["step"] == 40 and outcome["final_eval"]["eval_loss"] > 0
+    assert any("[graphs] captured the step" in line for line in logs)
+    assert not any("capture failed" in line for line in logs), [line for line in logs if "[graphs]" in line]
+    assert any("image(s) cached in" in line or "build stopped with" in line for line in logs)
