@@ -39,7 +39,7 @@ class DataConfig:
     # before | during | auto: compute the missing features before the first step, or on a thread while the
     # first steps train on the live tower (the loader switches to the cache once it is complete). auto =
     # during on one CUDA device without train.compile, before otherwise (on CPU a thread would take the
-    # training's cores; under torchrun rank 0 builds while the others wait)
+    # training's cores; under torchrun, during included, rank 0 builds while the others wait)
     feature_cache_build: str = "auto"
     group_by_length: bool = False  # batches of similar length (less padding); changes the spec's order
     on_bad_image: str = "skip"  # skip | fail: a train image that cannot be decoded during training

@@ -76,6 +76,9 @@ def test_auto_builds_during_training_only_on_one_cuda_device_without_compile(mon
     assert setup.cache_built_during_training(cfg, torch.device("cuda"), 4, True)
     monkeypatch.setattr(setup.dist, "world_size", lambda: 2)  # torchrun: rank 0 builds first, the others wait
     assert not setup.cache_built_during_training(cfg, torch.device("cuda"), 4, True)
+    cfg.data.feature_cache_build = "during"
+    assert not setup.cache_built_during_training(cfg, torch.device("cuda"), 4, True)
+    cfg.data.feature_cache_build = "auto"
     monkeypatch.undo()
     assert not setup.cache_built_during_training(cfg, torch.device("cuda"), 256, False)  # may compile
     cfg.train.compile = "off"

@@ -217,10 +217,12 @@ def cache_built_during_training(cfg: Config, device: torch.device, sequences_per
     (rank 0 builds while the others wait at a barrier) and with train.compile (the build would run the
     tower while it is being compiled)."""
     setting = cfg.data.feature_cache_build
+    if dist.world_size() > 1:  # `during` too: every rank would build the same cache at once
+        return False
     if setting != "auto":
         return setting == "during"
     may_compile = use_compile(cfg.train.compile, device, sequences_per_step, graphs_on, total_steps=10**9)
-    return device.type == "cuda" and dist.world_size() == 1 and not may_compile
+    return device.type == "cuda" and not may_compile
 
 
 def take_finished_cache(run: Run, step: int) -> bool:
