@@ -147,6 +147,7 @@ def timed_start(cfg) -> dict[str, float]:
     from contextlib import ExitStack
 
     from vlmtrack.tracking.base import NullTracker
+    from vlmtrack.model import feature_cache
     from vlmtrack.train import setup
     from vlmtrack.train.step import Stepper
     from vlmtrack.train.trial import Trial
@@ -154,10 +155,11 @@ def timed_start(cfg) -> dict[str, float]:
     timer = Phases()
     real_prepare = setup.prepare_data
     with ExitStack() as stack:
-        for name, label in [("load_backbone", "model load"), ("cache_folder", "feature cache estimate"),
-                            ("open_or_build", "feature cache build"),
-                            ("apply_speedups", "speed-ups (kernels, compile)")]:
-            stack.enter_context(timed_attr(setup, name, timer, label))
+        for module, name, label in [(setup, "load_backbone", "model load"),
+                                    (feature_cache, "cache_folder", "feature cache estimate"),
+                                    (feature_cache, "open_or_build", "feature cache build"),
+                                    (setup, "apply_speedups", "speed-ups (kernels, compile)")]:
+            stack.enter_context(timed_attr(module, name, timer, label))
         setup.prepare_data = lambda *a, **k: real_prepare(*a, **k, phase=timer.phase)
         stack.callback(setattr, setup, "prepare_data", real_prepare)
         t0 = time.perf_counter()

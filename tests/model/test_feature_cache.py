@@ -31,7 +31,7 @@ def shards(folder):
 
 def test_cached_features_are_the_towers_output_in_bf16_and_built_once(run_parts):
     cfg, bb, data = run_parts
-    store = fc.store_for_run(cfg, bb, data, torch.device("cpu"), 0, log=lambda *_: None)
+    store = fc.run_cache_build(cfg, bb, data, torch.device("cpu"), 0, log=lambda *_: None)()
     rels = [data.metas[i].image_relpath for i in (*data.split.train, *data.split.eval)]
     assert set(store.row_of) == set(rels)
     ds = CaptionDataset(data.samples, data.metas, data.split.eval[:4], bb.tokenizer, bb.image_processor,
@@ -42,7 +42,7 @@ def test_cached_features_are_the_towers_output_in_bf16_and_built_once(run_parts)
     assert torch.equal(cached, live.to(torch.bfloat16))
     # a second run finds everything: no new shard; a pickled store (DataLoader workers) reads the same rows
     before = shards(store.folder)
-    again = fc.store_for_run(cfg, bb, data, torch.device("cpu"), 0, log=lambda *_: None)
+    again = fc.run_cache_build(cfg, bb, data, torch.device("cpu"), 0, log=lambda *_: None)()
     assert shards(again.folder) == before and len(before) == 1
     clone = pickle.loads(pickle.dumps(store))
     assert clone._maps == {} and torch.equal(clone.get(rels[0]), store.get(rels[0]))
@@ -63,7 +63,7 @@ def test_cached_rows_are_read_in_place_into_shared_memory_and_the_file_never_cha
     import functools
 
     cfg, bb, data = run_parts
-    store = fc.store_for_run(cfg, bb, data, torch.device("cpu"), 0, log=lambda *_: None)
+    store = fc.run_cache_build(cfg, bb, data, torch.device("cpu"), 0, log=lambda *_: None)()
     rel = data.metas[data.split.eval[0]].image_relpath
     row = store.get(rel)
     kept = row.clone()

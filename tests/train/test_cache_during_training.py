@@ -7,6 +7,7 @@ import pytest
 
 from tests.helpers.tiny_models import tiny_config
 from vlmtrack.config import load_config
+from vlmtrack.model import feature_cache
 from vlmtrack.tracking.base import JsonlTracker
 from vlmtrack.train import loop, setup
 from vlmtrack.train import step as step_module
@@ -16,7 +17,7 @@ def recorded_run(cfg, monkeypatch, release_at: int | None):
     """Trains cfg, recording each batch's sample ids and vision input; with `release_at`, the cache's
     build waits until that many batches were drawn, and the run then waits for the build to finish."""
     gate, drawn, logs = threading.Event(), [], []
-    real_build, real_next = setup.open_or_build, step_module.TrainBatches.next
+    real_build, real_next = feature_cache.open_or_build, step_module.TrainBatches.next
 
     def gated_build(*args, **kwargs):
         assert gate.wait(60), "the test never released the build"
@@ -31,7 +32,7 @@ def recorded_run(cfg, monkeypatch, release_at: int | None):
                 time.sleep(0.01)
         return b, tokens
 
-    monkeypatch.setattr(setup, "open_or_build", gated_build)
+    monkeypatch.setattr(feature_cache, "open_or_build", gated_build)
     monkeypatch.setattr(step_module.TrainBatches, "next", recording_next)
     if release_at is None:
         gate.set()
@@ -96,7 +97,7 @@ def test_a_build_that_fails_leaves_the_run_on_the_live_tower_saying_why(tiny_pat
     def broken(*args, **kwargs):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(setup, "open_or_build", broken)
+    monkeypatch.setattr(feature_cache, "open_or_build", broken)
     logs = []
     outcome = loop.train(cfg, JsonlTracker(), log=logs.append)
     assert outcome["final_eval"]["eval_loss"] > 0 and outcome["step"] == 8
@@ -111,12 +112,12 @@ def test_on_cuda_the_step_is_captured_and_replayed_while_the_build_runs(tiny_pat
     cfg = tiny_config(tiny_paths, tmp_path / "out", train_steps=40, save_every=40)
     cfg.data.feature_cache_dir, cfg.data.feature_cache_build = str(tmp_path / "cache"), "during"
     cfg.train.cuda_graphs = "on"
-    real_build = setup.open_or_build
+    real_build = feature_cache.open_or_build
 
     def one_image_a_batch(folder, image_root, relpaths, backbone, device, batch_size, *args, **kwargs):
         return real_build(folder, image_root, relpaths, backbone, device, 1, *args, **kwargs)  # a long build
 
-    monkeypatch.setattr(setup, "open_or_build", one_image_a_batch)
+    monkeypatch.setattr(feature_cache, "open_or_build", one_image_a_batch)
     logs = []
     outcome = loop.train(cfg, JsonlTracker(), log=logs.append)
     assert outcome["step"] == 40 and outcome["final_eval"]["eval_loss"] > 0

@@ -132,13 +132,19 @@ def split_images(data) -> list[str]:
     return [data.metas[i].image_relpath for i in (*data.split.train, *data.split.eval)]
 
 
-def store_for_run(cfg, backbone, data, device: torch.device, num_workers: int, log=print) -> FeatureStore | None:
-    """The run's feature store, built before it returns; None when the cache is off."""
+def run_cache_build(cfg, backbone, data, device: torch.device, num_workers: int,
+                    log=print) -> Callable[..., FeatureStore | None] | None:
+    """The run's cache build, `build(stop=None)` -> its store (an open_or_build of the split's images), to
+    call now or hand to a BackgroundBuild; None when the cache is off."""
     folder = cache_folder(cfg, backbone, data, log)
     if folder is None:
         return None
-    return open_or_build(folder, data.image_root, split_images(data), backbone, device, cfg.eval.batch_size,
-                         num_workers, log)
+
+    def build(stop: threading.Event | None = None) -> FeatureStore | None:
+        return open_or_build(folder, data.image_root, split_images(data), backbone, device, cfg.eval.batch_size,
+                             num_workers, log, stop)
+
+    return build
 
 
 class BackgroundBuild:
@@ -220,7 +226,7 @@ SHARD_ROWS = 8192  # a build commits a shard every this many rows (SigLIP-base: 
 def _writer_tag() -> str:
     """This process's mark in a temporary shard's name: its host and pid (a shared cache folder has writers
     on several hosts), so that a later build can tell a dead writer's leftovers from a live one's."""
-    return f"{re.sub(r'[^A-Za-z0-9.]', '_', socket.gethostname())}-{os.getpid()}"
+    return f"{re.sub(r'[^A-Za-z0-9]', '_', socket.gethostname())}-{os.getpid()}"  # no "." or "-": parsed back
 
 
 def remove_dead_writers_files(folder: Path, log=print) -> None:

@@ -19,7 +19,7 @@ from vlmtrack.data.pipeline import SKIPPED_RECORDS, RunData, lineage, prepare_da
 from vlmtrack.files import write_jsonl
 from vlmtrack.model.backbone import Backbone, load_backbone
 from vlmtrack.model.connector import new_connector
-from vlmtrack.model.feature_cache import BackgroundBuild, cache_folder, open_or_build, split_images
+from vlmtrack.model.feature_cache import BackgroundBuild, run_cache_build
 from vlmtrack.model.kernels import compile_body, compile_connector, compile_tower, use_compile, use_fused_kernels
 from vlmtrack.runtime import distributed as dist
 from vlmtrack.runtime.device import device_and_dtype
@@ -185,18 +185,12 @@ def load_data(trials: list[Trial], backbone: Backbone, device: torch.device, wor
     features, build = None, None
     with dist.main_first():
         data = prepare_data(base, backbone.tokenizer, trials[0].out_dir)
-        folder = cache_folder(base, backbone, data, log)
-        if folder is not None:
-            def build_cache(stop=None):
-                return open_or_build(folder, data.image_root, split_images(data), backbone, device,
-                                     base.eval.batch_size, workers, log, stop)
-
-            if build_during:
-                log("[cache] built on a thread while the first steps train on the live tower "
-                    "(data.feature_cache_build=before builds it first)")
-                build = build_cache
-            else:
-                features = build_cache()
+        build = run_cache_build(base, backbone, data, device, workers, log)
+        if build is not None and build_during:
+            log("[cache] built on a thread while the first steps train on the live tower "
+                "(data.feature_cache_build=before builds it first)")
+        elif build is not None:
+            features, build = build(), None
     for trial in trials:
         if trial.expected_hashes and trial.expected_hashes != (data.split.eval_hash, data.golden_hash):
             raise DataError(f"{trial.name}: eval split/golden set {data.split.eval_hash}/"
