@@ -215,3 +215,42 @@ def test_workers_started_together_on_a_fresh_sqlite_store_both_start(tmp_path):
         client = MlflowClient(f"sqlite:///{tmp_path}/mlflow{i}.db")
         exp = client.get_experiment_by_name("sweep")
         assert len(client.search_runs([exp.experiment_id])) == 2
+
+
+def test_two_runs_logging_the_same_dataset_at_once_both_get_it(store):
+    """MLflow's log_inputs looks the dataset up, then inserts it. Here a second run's log_inputs completes
+    between the first run's lookup and its insert, the interleaving two sweep workers met in CI (UNIQUE
+    constraint failed: datasets.experiment_id, datasets.name, datasets.digest). Both runs get the dataset,
+    with no tracking error."""
+    import threading
+
+    from mlflow.entities import Dataset, DatasetInput
+    from sqlalchemy import event
+    from sqlalchemy.orm import Session
+
+    from vlmtrack.data.pipeline import DatasetRecord
+
+    first, second = MlflowTracker(experiment="race", run_name="a"), MlflowTracker(experiment="race", run_name="b")
+    record = [DatasetRecord("train", "demo-train", "d1g3st", "/data/train.json", {"num_rows": 3})]
+    interleaved = []
+
+    def other_run_inserts_first(session, *_):
+        if not interleaved and any(type(o).__name__ == "SqlDataset" for o in session.new):
+            interleaved.append(True)  # once: the other run's call runs to its end on its own connection
+            same = DatasetInput(Dataset("demo-train", "d1g3st", "local", "{}"))
+            t = threading.Thread(target=lambda: second.client.log_inputs(second.run_id, datasets=[same]))
+            t.start()
+            t.join()
+
+    event.listen(Session, "before_flush", other_run_inserts_first)
+    try:
+        first.log_datasets(record)
+        first.flush()
+    finally:
+        event.remove(Session, "before_flush", other_run_inserts_first)
+    first.finish()
+    second.finish()
+    assert interleaved and first.errors == []
+    for tr in (first, second):
+        got = [(d.dataset.name, d.dataset.digest) for d in store.get_run(tr.run_id).inputs.dataset_inputs]
+        assert got == [("demo-train", "d1g3st")], (tr.run_id, got)

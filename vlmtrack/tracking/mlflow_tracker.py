@@ -471,7 +471,7 @@ class MlflowTracker:
                                        profile=json.dumps(d.profile)), [InputTag(MLFLOW_DATASET_CONTEXT, d.context)])
                   for d in datasets]
         self._eval_dataset = next(((d.name, d.digest) for d in datasets if d.context == EVAL_CONTEXT), None)
-        self._submit("log_inputs", lambda: self.client.log_inputs(self.run_id, datasets=inputs))
+        self._submit("log_inputs", lambda: _log_inputs(self.client, self.run_id, inputs))
 
     def monitor_system(self) -> None:
         """System metrics (tracking/system_metrics.py) on this run until finish()."""
@@ -596,6 +596,20 @@ def _server_away(e: BaseException) -> bool:
             return True
         e = e.__cause__ or e.__context__
     return False
+
+
+def _log_inputs(client, run_id: str, inputs: list) -> None:
+    """MLflow looks a dataset up, then inserts it: two runs of one experiment that log the same dataset at
+    once (sweep workers) can both miss it, and the second insert breaks the unique (experiment, name,
+    digest) key. Tried again, the lookup finds the other run's row and only links it to this run."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        client.log_inputs(run_id, datasets=inputs)
+    except MlflowException as e:
+        if not any(s in str(e) for s in ("UNIQUE constraint failed", "duplicate key value", "IntegrityError")):
+            raise
+        client.log_inputs(run_id, datasets=inputs)
 
 
 def _warn(msg: str) -> None:
