@@ -193,6 +193,24 @@ def test_gpu_image_is_non_root_and_copies_existing_paths():
     assert re.findall(r"^USER (\S+)", mlflow_image, re.M)[-1] == "mlflow"
 
 
+def test_a_trainers_caches_outlive_its_container(monkeypatch):
+    """The Hugging Face downloads, the vision feature cache and the compiled Triton kernels sit where the
+    image's environment puts them, and each of those folders is a named volume of every trainer: a new
+    container (each sweep worker, each `up train`) finds them instead of rebuilding them."""
+    from vlmtrack.model.feature_cache import cache_root
+
+    env = dict(re.findall(r"^\s+(?:ENV\s+)?([A-Z_]+)=(\S+?)(?: \\)?$", (DOCKER / "Dockerfile").read_text(), re.M))
+    monkeypatch.setenv("VLMTRACK_CACHE", env["VLMTRACK_CACHE"])
+    cache_dirs = {env["HF_HOME"], env["TRITON_CACHE_DIR"], str(cache_root("").parent)}
+    c = compose()
+    for name, service in c["services"].items():
+        if service.get("image") != "vlmtrack:gpu":
+            continue
+        mounted = {v.split(":")[1]: v.split(":")[0] for v in service["volumes"]}
+        for folder in cache_dirs:
+            assert mounted.get(folder) in c["volumes"], (name, folder)
+
+
 # -- the pieces that run outside Docker here too ----------------------------------------------------
 
 def scram_matches(verifier: str, password: str) -> bool:
