@@ -4,6 +4,8 @@ synthetic tensors of the bench presets' shapes, timed per variant, then a torch.
 
     python benchmarks/profile_step.py [--preset small] [--batch 128 256] [--compile]
     python benchmarks/profile_step.py --graphs 6     # the CUDA-graph step of 6 connectors x 4, part by part
+    python benchmarks/profile_step.py --graphs 6 --graph-kernels liger layers-compiled
+        # ... with liger's kernels, and with each decoder layer torch.compile'd (plain kernels) inside the graph
     python benchmarks/profile_step.py --batch 256 --variants torch liger torch+compile liger+flash
         # each variant: kernels (torch|liger), +compile (torch.compile of the LLM), +flash|+cudnn|+efficient
         # (the SDPA backend forced for the whole step), +nocudnn (cuDNN attention off from the compile
@@ -180,6 +182,8 @@ def main():
     ap.add_argument("--compile", action="store_true")
     ap.add_argument("--stacked", type=int, default=0, help="also time K connectors side by side at batch 4")
     ap.add_argument("--graphs", type=int, default=0, help="only time the CUDA-graph step of K connectors x 4")
+    ap.add_argument("--graph-kernels", nargs="+", default=["torch", "liger"],
+                    choices=["torch", "liger", "layers-compiled"], help="the kernels of --graphs' step")
     ap.add_argument("--variants", nargs="+", help="time these variants at each --batch (see the docstring)")
     args = ap.parse_args()
     preset = yaml.safe_load(PRESETS.read_text())[args.preset]
@@ -188,9 +192,16 @@ def main():
     if args.variants:
         return time_variants(preset, args.variants, args.batch, tokens, vdim)
     if args.graphs:
-        for kernels in ("torch", "liger"):
+        for kernels in args.graph_kernels:
             print(f"\n### {kernels} kernels")
-            graph_parts(make(preset, kernels), args.graphs, tokens, vdim)
+            bb = make(preset, "torch" if kernels == "layers-compiled" else kernels)
+            if kernels == "layers-compiled":  # inductor's fused kernels, replayed inside our graph
+                t0 = time.perf_counter()
+                bb.llm.model.layers = torch.nn.ModuleList(torch.compile(layer) for layer in bb.llm.model.layers)
+                print(f"(layers wrapped in {time.perf_counter() - t0:.1f} s; they compile at the capture's warm-up)")
+            graph_parts(bb, args.graphs, tokens, vdim)
+            del bb
+            torch.cuda.empty_cache()
         return
     print("| variant | batch | step s | samples/s | warm-up s |")
     print("|---|---|---|---|---|")

@@ -230,3 +230,34 @@ def test_the_next_build_removes_a_dead_builds_temporary_shard_and_no_other(run_p
     fc.open_or_build(folder, data.image_root, fc.split_images(data)[:2], bb, torch.device("cpu"), log=logs.append)
     assert not left.exists() and mine.exists() and elsewhere.exists()
     assert any(f"left by a build whose process (pid {dead}) died" in line for line in logs)
+
+
+def test_a_cache_that_would_not_leave_room_on_its_disk_is_not_built(run_parts, monkeypatch):
+    """At the full set's size (558K images: ~157 GiB for SigLIP-base) a build could fill the disk the
+    run's checkpoints go to. The estimate less what is already committed must fit the free space less
+    KEEP_FREE_GIB: else auto computes live and `on` is refused, naming the folder, the sizes and the fixes.
+    A cache already built needs no room."""
+    from collections import namedtuple
+
+    from vlmtrack.config import ConfigError
+
+    cfg, bb, data = run_parts
+    usage = namedtuple("usage", "total used free")
+    free = {"gib": fc.KEEP_FREE_GIB}  # the build's rows would eat into what is kept free
+    monkeypatch.setattr(fc.shutil, "disk_usage", lambda path: usage(2**40, 0, int(free["gib"] * 2**30)))
+    logs = []
+    cfg.data.feature_cache = "auto"
+    assert fc.cache_folder(cfg, bb, data, logs.append) is None
+    assert "computed live" in logs[-1] and "GiB free" in logs[-1] and str(cfg.data.feature_cache_dir) in logs[-1]
+    cfg.data.feature_cache = "on"
+    with pytest.raises(ConfigError, match=r"data.feature_cache=on: vision features of \d+ images need .* GiB "
+                                          r"free .*data.feature_cache_dir"):
+        fc.cache_folder(cfg, bb, data, logs.append)
+    free["gib"] = fc.KEEP_FREE_GIB + 1.0  # room: built
+    folder = fc.cache_folder(cfg, bb, data, logs.append)
+    size = fc.estimate_gib(len(set(fc.split_images(data))), *fc.feature_shape(bb.tower))
+    assert fc.gib_to_write(folder, size) == size
+    assert fc.run_cache_build(cfg, bb, data, torch.device("cpu"), 0, logs.append)() is not None
+    assert fc.gib_to_write(folder, size) < 0.1 * size  # images of equal content share rows: a little under
+    free["gib"] = 0.0  # built already: nothing to write, so a full disk does not matter
+    assert fc.cache_folder(cfg, bb, data, logs.append) == folder

@@ -17,6 +17,7 @@ import json
 import contextlib
 import os
 import re
+import shutil
 import socket
 import threading
 import time
@@ -27,10 +28,16 @@ from typing import Callable
 import numpy as np
 import torch
 
+from vlmtrack.config import ConfigError
 from vlmtrack.data.dataset import pixel_values
 from vlmtrack.data.llava import DataError, resolve_image
 
 CACHE_VERSION = 1
+# what a build leaves free on its disk: a cache that filled it would fail the run's checkpoint saves after it
+KEEP_FREE_GIB = 5.0
+# the estimate counts image paths, the cache image contents (equal files share one row): a cache this close
+# to the estimate counts as built, so a full disk does not turn a built cache away
+ESTIMATE_SLACK = 0.05
 
 
 def cache_root(setting: str) -> Path:
@@ -124,8 +131,29 @@ def cache_folder(cfg, backbone, data, log=print) -> Path | None:
         return None
     folder = cache_root(d.feature_cache_dir) / tower_fingerprint(cfg.model.vision, backbone.tower,
                                                                  backbone.image_processor)
+    missing, free = gib_to_write(folder, size), free_gib(folder)
+    if missing > ESTIMATE_SLACK * size and missing > free - KEEP_FREE_GIB:
+        why = (f"vision features of {unique} images need ~{missing:.1f} GiB more in {folder}, and its disk has "
+               f"{free:.1f} GiB free (a build leaves {KEEP_FREE_GIB:g} GiB there for checkpoints and logs)")
+        if d.feature_cache == "auto":
+            log(f"[cache] {why}: computed live (free space, or set data.feature_cache_dir to a larger disk)")
+            return None
+        raise ConfigError(f"data.feature_cache=on: {why}. Free space there, set data.feature_cache_dir to a disk "
+                          "with room, or set data.feature_cache=auto (computed live when it does not fit)")
     log(f"[cache] vision features of {unique} images: ~{size:.2f} GiB (bf16) in {folder}")
     return folder
+
+
+def gib_to_write(folder: Path, size_gib: float) -> float:
+    """The estimate less the shards already committed there (a cache built before, or part built)."""
+    done = sum(p.stat().st_size for p in folder.glob("shard-*.bin")) if folder.is_dir() else 0
+    return max(0.0, size_gib - done / 2**30)
+
+
+def free_gib(folder: Path) -> float:
+    """Free space on the disk that holds (or will hold) `folder`."""
+    existing = next(p for p in (folder, *folder.parents) if p.exists())
+    return shutil.disk_usage(existing).free / 2**30
 
 
 def split_images(data) -> list[str]:
