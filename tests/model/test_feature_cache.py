@@ -224,11 +224,13 @@ def test_the_next_build_removes_a_dead_builds_temporary_shard_and_no_other(run_p
     left = folder / f".shard-1-{host}-{dead}.bin.tmp"
     mine = folder / f".shard-2-{host}-{__import__('os').getpid()}.bin.tmp"
     elsewhere = folder / f".shard-3-otherhost-{dead}.bin.tmp"
-    for f in (left, mine, elsewhere):
+    # a container on this host name (host networking) numbers its own pids: its pid means nothing here
+    other_container = folder / f".shard-4-{host.rsplit('ns', 1)[0]}ns1234-{dead}.bin.tmp"
+    for f in (left, mine, elsewhere, other_container):
         f.write_bytes(b"\0" * 1024)
     logs = []
     fc.open_or_build(folder, data.image_root, fc.split_images(data)[:2], bb, torch.device("cpu"), log=logs.append)
-    assert not left.exists() and mine.exists() and elsewhere.exists()
+    assert not left.exists() and mine.exists() and elsewhere.exists() and other_container.exists()
     assert any(f"left by a build whose process (pid {dead}) died" in line for line in logs)
 
 

@@ -252,14 +252,24 @@ SHARD_ROWS = 8192  # a build commits a shard every this many rows (SigLIP-base: 
 
 
 def _writer_tag() -> str:
-    """This process's mark in a temporary shard's name: its host and pid (a shared cache folder has writers
-    on several hosts), so that a later build can tell a dead writer's leftovers from a live one's."""
-    return f"{re.sub(r'[^A-Za-z0-9]', '_', socket.gethostname())}-{os.getpid()}"  # no "." or "-": parsed back
+    """This process's mark in a temporary shard's name: its host, its PID namespace and its pid (a shared
+    cache folder has writers on several hosts, and containers on one host name, host networking, each
+    number their own pids), so that a later build can tell a dead writer's leftovers from a live one's."""
+    host = re.sub(r"[^A-Za-z0-9]", "_", socket.gethostname())  # no "." or "-": the name is parsed back
+    return f"{host}ns{_pid_namespace()}-{os.getpid()}"
+
+
+def _pid_namespace() -> str:
+    """The inode of this process's PID namespace on Linux (`pid:[4026531836]`), else empty."""
+    try:
+        return re.sub(r"\D", "", os.readlink("/proc/self/ns/pid"))
+    except OSError:
+        return ""
 
 
 def remove_dead_writers_files(folder: Path, log=print) -> None:
-    """Deletes the temporary shards of builds on this host whose process is gone (killed mid-shard): each
-    would otherwise keep up to a shard's gigabytes on the disk for ever."""
+    """Deletes the temporary shards of builds on this host and PID namespace whose process is gone (killed
+    mid-shard): each would otherwise keep up to a shard's gigabytes on the disk for ever."""
     host = _writer_tag().rsplit("-", 1)[0]
     for tmp in folder.glob(".shard-*.tmp"):
         writer = tmp.name.split(".")[1].split("-")  # shard, time, host, pid
