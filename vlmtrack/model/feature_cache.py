@@ -133,7 +133,7 @@ def cache_folder(cfg, backbone, data, log=print) -> Path | None:
                                                                  backbone.image_processor)
     missing, free = gib_to_write(folder, size), free_gib(folder)
     if missing > ESTIMATE_SLACK * size and missing > free - KEEP_FREE_GIB:
-        why = (f"vision features of {unique} images need ~{missing:.1f} GiB more in {folder}, and its disk has "
+        why = (f"vision features of {unique} images need ~{missing:.2f} GiB more in {folder}, and its disk has "
                f"{free:.1f} GiB free (a build leaves {KEEP_FREE_GIB:g} GiB there for checkpoints and logs)")
         if d.feature_cache == "auto":
             log(f"[cache] {why}: computed live (free space, or set data.feature_cache_dir to a larger disk)")
