@@ -1,4 +1,5 @@
-"""benchmarks/startup.py and image_existence.py keep working: small sets built and their phases timed."""
+"""benchmarks/startup.py, image_existence.py and cache_open.py keep working: small sets built and their phases
+timed."""
 import importlib.util
 from pathlib import Path
 
@@ -46,3 +47,15 @@ def test_the_startup_bench_times_a_run_whose_cache_is_built_during_the_first_ste
         assert phase in table, phase
     assert "built on a thread while the first steps train" in out
     assert "[cache] the feature cache is complete: cached features from step" in out
+
+
+def test_the_cache_open_benchmark_compares_the_three_ways_on_equal_hashes(tmp_path, capsys, monkeypatch):
+    import sys
+
+    bench = load_script(SCRIPT.with_name("cache_open.py"))
+    monkeypatch.setattr(sys, "argv", ["cache_open.py", "--images", "40", "--kib", "2", "--root", str(tmp_path)])
+    bench.main()  # asserts itself that the memo's hashes equal a full read's
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| ") and " s |" not in line]
+    assert [r.split(" | ")[0] for r in rows] == ["| every image read and hashed, one thread (before)",
+                                                 f"| first open: hashed on {bench.fc.HASH_THREADS} threads, memo written",
+                                                 "| a later open: one stat per image, memo read"]

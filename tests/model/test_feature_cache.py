@@ -263,3 +263,34 @@ def test_a_cache_that_would_not_leave_room_on_its_disk_is_not_built(run_parts, m
     assert fc.gib_to_write(folder, size) < 0.1 * size  # images of equal content share rows: a little under
     free["gib"] = 0.0  # built already: nothing to write, so a full disk does not matter
     assert fc.cache_folder(cfg, bb, data, logs.append) == folder
+
+
+def test_image_hashes_read_only_the_files_that_changed_since_the_memo(tiny_paths, tmp_path, monkeypatch):
+    """The first open hashes every image (on threads) and keeps the hashes with each file's size, mtime and
+    inode; the next open reads none; new content under an old name, a file put back by a copy and a file
+    gone are seen; a memo cut short costs a rehash, not an error."""
+    import os
+
+    root = tmp_path / "images"
+    shutil.copytree(tiny_paths["images"], root)
+    rels = sorted(str(p.relative_to(root)) for p in root.rglob("*.jpg"))[:12]
+    folder = tmp_path / "cache"
+    folder.mkdir()
+    real, read = fc.image_hash, []
+    monkeypatch.setattr(fc, "image_hash", lambda r, rel: read.append(rel) or real(r, rel))
+    first = fc.image_hashes(folder, root, rels)
+    assert sorted(read) == rels and first == {rel: real(root, rel) for rel in rels}
+    read.clear()
+    assert fc.image_hashes(folder, root, rels) == first and read == []
+    Image.open(root / rels[0]).transpose(Image.Transpose.FLIP_LEFT_RIGHT).save(root / rels[0])
+    shutil.copy(root / rels[2], root / rels[1])  # same name, another file's content
+    (root / rels[3]).unlink()
+    again = fc.image_hashes(folder, root, rels)
+    assert sorted(read) == sorted([rels[0], rels[1]])
+    assert again[rels[0]] != first[rels[0]] and again[rels[1]] == first[rels[2]] and again[rels[3]] is None
+    assert {r: h for r, h in again.items() if r not in rels[:4]} == {r: first[r] for r in rels[4:]}
+    memo, = folder.glob(f"{fc.HASH_MEMO}-*.json")
+    memo.write_text(memo.read_text()[:40])  # cut short (a full disk, a kill mid-write before the rename)
+    read.clear()
+    assert fc.image_hashes(folder, root, rels) == again and len(read) == len(rels) - 1
+    assert not list(folder.glob(".*.tmp")) and os.listdir(folder) == [memo.name]

@@ -7,6 +7,9 @@ shards of raw rows ([n, tokens, dim]) with a JSON index of image content hashes,
 to a temporary name and renamed: a build that dies leaves no half-written shard, keeps the shards it
 committed (one every SHARD_ROWS rows), and its temporary file is removed by the next build on its host.
 
+Each image's content hash is kept in a memo beside the shards with the file's size, mtime and inode, so a
+start stats the images instead of reading them all again.
+
 A build can run on a thread (`BackgroundBuild`) while the run's first steps train on the live tower; a
 build stopped early keeps the rows it computed as a shard, and the next build computes only the rest.
 """
@@ -21,6 +24,7 @@ import shutil
 import socket
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -33,6 +37,8 @@ from vlmtrack.data.dataset import pixel_values
 from vlmtrack.data.llava import DataError, resolve_image
 
 CACHE_VERSION = 1
+HASH_MEMO = "image-hashes"  # per image root: relpath -> [size, mtime_ns, inode, content hash]
+HASH_THREADS = min(16, os.cpu_count() or 1)
 # what a build leaves free on its disk: a cache that filled it would fail the run's checkpoint saves after it
 KEEP_FREE_GIB = 5.0
 # the estimate counts image paths, the cache image contents (equal files share one row): a cache this close
@@ -65,6 +71,53 @@ def image_hash(image_root: Path, relpath: str) -> str | None:
         return hashlib.blake2b(resolve_image(image_root, relpath).read_bytes(), digest_size=16).hexdigest()
     except OSError:
         return None  # missing: the dataset reports it as it would without a cache
+
+
+def image_hashes(folder: Path, image_root: Path, relpaths: list[str]) -> dict[str, str | None]:
+    """Each image's content hash. A file whose size, mtime and inode are those the folder's memo recorded
+    when it was last hashed is not read again: every start read and hashed every image (558K images, ~56 GB
+    at LLaVA-Pretrain's sizes), where a stat each now does. The rest are hashed on threads (reads and
+    blake2b release the GIL) and added to the memo."""
+    memo_path = folder / f"{HASH_MEMO}-{hashlib.blake2b(str(image_root.resolve()).encode(), digest_size=8).hexdigest()}.json"
+    memo = _read_memo(memo_path)
+    hashes: dict[str, str | None] = {}
+    todo: list[tuple[str, list[int]]] = []
+    for rel in dict.fromkeys(relpaths):
+        try:
+            st = os.stat(image_root / rel)
+        except OSError:
+            hashes[rel] = None  # missing: as image_hash says
+            continue
+        key = [st.st_size, st.st_mtime_ns, st.st_ino]
+        known = memo.get(rel)
+        if known is not None and known[:3] == key:
+            hashes[rel] = known[3]
+        else:
+            todo.append((rel, key))
+    if todo:
+        # a few hundred files per task: one future per file spent more on thread hand-offs than on hashing
+        chunks = [todo[i:i + 256] for i in range(0, len(todo), 256)]
+        with ThreadPoolExecutor(HASH_THREADS) as pool:
+            done = pool.map(lambda chunk: [image_hash(image_root, rel) for rel, _ in chunk], chunks)
+            for (rel, key), h in zip(todo, (h for part in done for h in part)):
+                hashes[rel] = h
+                if h is not None:
+                    memo[rel] = [*key, h]
+        _write_memo(memo_path, memo)
+    return hashes
+
+
+def _read_memo(path: Path) -> dict[str, list]:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):  # none yet, or cut short: hashed again, nothing else lost
+        return {}
+
+
+def _write_memo(path: Path, memo: dict[str, list]) -> None:
+    tmp = path.with_name(f".hashes-{time.time_ns()}-{_writer_tag()}.json.tmp")  # a dead writer's is removed
+    tmp.write_text(json.dumps(memo, separators=(",", ":")))
+    tmp.replace(path)  # whole or not at all; two writers: the last one's, each entry valid
 
 
 @dataclass
@@ -209,7 +262,7 @@ def open_or_build(folder: Path, image_root: Path, relpaths: list[str], backbone,
     folder.mkdir(parents=True, exist_ok=True)
     remove_dead_writers_files(folder, log)
     t0 = time.perf_counter()
-    hashes = {rel: image_hash(image_root, rel) for rel in dict.fromkeys(relpaths)}
+    hashes = image_hashes(folder, image_root, relpaths)
     by_hash, shards = _index(folder)
     missing = list(dict.fromkeys(h for h in hashes.values() if h and h not in by_hash))
     if missing:
@@ -268,11 +321,11 @@ def _pid_namespace() -> str:
 
 
 def remove_dead_writers_files(folder: Path, log=print) -> None:
-    """Deletes the temporary shards of builds on this host and PID namespace whose process is gone (killed
-    mid-shard): each would otherwise keep up to a shard's gigabytes on the disk for ever."""
+    """Deletes the temporary files (shards, hash memos) of builds on this host and PID namespace whose process
+    is gone (killed mid-write): a shard's would otherwise keep up to its gigabytes on the disk for ever."""
     host = _writer_tag().rsplit("-", 1)[0]
-    for tmp in folder.glob(".shard-*.tmp"):
-        writer = tmp.name.split(".")[1].split("-")  # shard, time, host, pid
+    for tmp in folder.glob(".*.tmp"):
+        writer = tmp.name.split(".")[1].split("-")  # shard (or hashes), time, host, pid
         if len(writer) != 4 or writer[2] != host or not writer[3].isdigit() or _alive(int(writer[3])):
             continue
         size = tmp.stat().st_size if tmp.exists() else 0
