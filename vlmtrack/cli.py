@@ -267,7 +267,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="what to measure, comma-separated: baseline (HF-style, spec, torch kernels), loop "
                             "(fused kernels, live tower and feature cache), tracked (the cached run with MLflow "
                             "tracking), compiled (train.compile=on, live and cached), sweep (six trials side by "
-                            "side), one_by_one (the six one after another, extrapolated), sweep_long (the six on "
+                            "side), sweep_compiled (the same with train.compile=on inside the graph), one_by_one (the "
+                            "six one after another, extrapolated), sweep_long (the six on "
                             "~35-token captions), p1 (one epoch of the spec's P1 run)")
     bench.add_argument("--workers", type=int, default=12, help="data-loader worker processes")
     bench.add_argument("--connector", default=RESAMPLER, choices=[RESAMPLER, IDEFICS2],

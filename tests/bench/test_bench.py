@@ -39,6 +39,14 @@ def test_bench_prints_the_long_caption_sweep_against_the_short_one(capsys):
     assert "captions ~3x as long" in out and "x the ~12-token sweep (target <= 1.3x)" in out
 
 
+@pytest.mark.slow  # inductor compiles the tiny decoder on CPU: ~40 s
+def test_bench_prints_the_compiled_sweep(capsys):
+    _, summary = bench.main("tiny", images=120, batch=8, steps=6, sweep_steps=6, workers=0, log=lambda *_: None,
+                            parts="sweep_compiled")
+    assert summary["sweep_compiled_s"] > 0 and "sweep_side_by_side_s" not in summary
+    assert "- side by side, train.compile=on" in capsys.readouterr().out
+
+
 def test_longer_captions_repeat_each_caption_over_the_same_images(tmp_path):
     import json
 

@@ -252,8 +252,9 @@ def main(preset: str = "small", images: int = 5000, batch: int = 512, steps: int
     kernels, live tower and feature cache), tracked (the cached run again with MLflow tracking), compiled
     (train.compile=on, live and cached), sweep (the six trials side by side), one_by_one (the same six
     trials one after another, `one_by_one_steps` each, extrapolated to `sweep_steps`); every regime trains
-    `connector` (model.connector), sweep_long (the six
-    trials side by side on the same images with ~35-token captions), p1 (one epoch of the spec's P1 run)."""
+    `connector` (model.connector), sweep_compiled (the side-by-side sweep with train.compile=on: decoder
+    layers compiled inside the CUDA graph), sweep_long (the six trials side by side on the same images with
+    ~35-token captions), p1 (one epoch of the spec's P1 run)."""
     parts = set(parts.split(","))
     root = Path(tempfile.mkdtemp(prefix="vlmtrack-bench-"))
     t0 = time.perf_counter()
@@ -303,7 +304,7 @@ def main(preset: str = "small", images: int = 5000, batch: int = 512, steps: int
             loop_throughput(cfg("tracked", batch, steps, kernels=fused, cache="on", golden_batch=64), 5, log,
                             tracker=_mlflow_tracker(root)))
     summary = {"gflop_per_sample": fps / 1e9, "device": device}
-    if sweep_steps and parts & {"sweep", "one_by_one"}:
+    if sweep_steps and parts & {"sweep", "sweep_compiled", "sweep_long", "one_by_one"}:
         sweep_cfg = cfg("sweep", 4, sweep_steps, kernels=fused, cache="on", golden_batch=64)
         sweep_cfg.data.max_samples = 5000 if images > 5000 else 0
         sweep_cfg.data.group_by_length = False  # the spec's sample order
@@ -313,6 +314,12 @@ def main(preset: str = "small", images: int = 5000, batch: int = 512, steps: int
             summary["sweep_side_by_side_step_s"] = side_step
             log(f"[bench] six trials side by side, {sweep_steps} steps: {summary['sweep_side_by_side_s']:.0f} s, "
                 f"{side_step:.4f} s per step")
+        if "sweep_compiled" in parts:  # train.compile=on: inductor's kernels captured inside our graph
+            compiled_cfg = copy.deepcopy(sweep_cfg)
+            compiled_cfg.train.compile = "on"
+            compiled_cfg.train.output_dir = str(root / "sweep_compiled")
+            summary["sweep_compiled_s"], summary["sweep_compiled_step_s"] = sweep_time(compiled_cfg, sweep_steps,
+                                                                                       True, log)
         if "sweep_long" in parts:
             long_cfg = copy.deepcopy(sweep_cfg)
             long_cfg.data.data_path = str(with_longer_captions(data, 3))
@@ -362,6 +369,9 @@ def print_table(rows, device, preset, batch, fps, summary, connector: str = RESA
             print(f"- side by side: {summary['sweep_side_by_side_s']:.0f} s "
                   f"({summary['sweep_side_by_side_step_s']:.4f} s per step of 6 x 4 samples; target <= "
                   f"{SWEEP_TARGET_S:.0f} s at 2000 steps)")
+        if "sweep_compiled_s" in summary:
+            print(f"- side by side, train.compile=on (decoder layers compiled inside the graph): "
+                  f"{summary['sweep_compiled_s']:.0f} s ({summary['sweep_compiled_step_s']:.4f} s per step)")
         if "sweep_long_s" in summary:
             print(f"- side by side, captions ~3x as long (~35 tokens): {summary['sweep_long_s']:.0f} s "
                   f"({summary['sweep_long_step_s']:.4f} s per step)"

@@ -174,9 +174,12 @@ class Backbone:
         body where there is one; eval (no autograd, other batch sizes) and generation stay eager, so the
         compile serves one kind of graph."""
         with sdpa_without_cudnn():
-            if self.compiled_body is not None and torch.is_grad_enabled():
-                return self.compiled_body(embeds)
-            return self.llm.model(inputs_embeds=embeds, use_cache=False).last_hidden_state
+            return self._decoder(embeds)
+
+    def _decoder(self, embeds: torch.Tensor) -> torch.Tensor:
+        if self.compiled_body is not None and torch.is_grad_enabled():
+            return self.compiled_body(embeds)
+        return self.llm.model(inputs_embeds=embeds, use_cache=False).last_hidden_state
 
     def _label_losses(self, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """Per-token loss from the hidden states at label positions. Without autograd (eval: K connectors x
@@ -194,7 +197,7 @@ class Backbone:
         k, b = visual.shape[:2]
         embeds = self.embed(input_ids.repeat(k, 1), visual.reshape(k * b, *visual.shape[2:]), image_at.repeat(k, 1))
         # torch's attention backends: a captured graph plans its shape once (kernels.NO_CUDNN_BACKENDS)
-        hidden = self.llm.model(inputs_embeds=embeds, use_cache=False).last_hidden_state
+        hidden = self._decoder(embeds)
         hidden_at = hidden.gather(1, label_at.repeat(k, 1).unsqueeze(-1).expand(-1, -1, hidden.shape[-1]))
         per_token = self._label_losses(hidden_at.flatten(0, 1), targets.repeat(k, 1).flatten())
         return per_token.view(k, b, -1).sum(-1)

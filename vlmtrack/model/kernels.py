@@ -93,11 +93,12 @@ COMPILE_MIN_STEPS = 1_000
 def use_compile(setting: str, device: torch.device, sequences_per_step: int, graphed: bool, total_steps: int) -> bool:
     """`auto` = on CUDA from FUSED_MIN_SEQUENCES sequences per step and COMPILE_MIN_STEPS steps, when the
     step is not a CUDA graph: there the step is compute-bound, and inductor's fused norms, RoPE and SwiGLU
-    (with no weight gradients for the frozen norms) beat liger's kernels. `on` compiles wherever it can."""
+    (with no weight gradients for the frozen norms) beat liger's kernels. `on` compiles wherever it can,
+    a graphed step too: inductor's kernels are then captured and replayed inside our graph."""
     if setting == "auto":
         return (device.type == "cuda" and sequences_per_step >= FUSED_MIN_SEQUENCES and not graphed
                 and total_steps >= COMPILE_MIN_STEPS)
-    return setting == "on" and not graphed
+    return setting == "on"
 
 
 def compile_body(llm):
