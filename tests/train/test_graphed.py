@@ -8,7 +8,7 @@ from vlmtrack.config import ConfigError, load_config
 from vlmtrack.data.prompt import IGNORE_INDEX
 from vlmtrack.model.backbone import load_backbone, static_positions
 from vlmtrack.model.connector import Connector
-from vlmtrack.train.graphed import SHAPE_STEP, static_inputs, use_cuda_graphs
+from vlmtrack.train.graphed import LABEL_STEP, SHAPE_STEP, static_inputs, use_cuda_graphs
 
 CAPTIONS = ["a red circle", "an image of two shapes on a gray background: a small red circle at the left and a "
             "large blue square at the right", "three shapes"]
@@ -19,7 +19,7 @@ def test_static_losses_and_gradients_equal_the_dynamic_step(tiny_paths):
     batch = tiny_batch(bb, CAPTIONS)
     host = static_inputs(bb, batch, num_latents=4)
     assert host["input_ids"].shape[1] % SHAPE_STEP == 0 and host["input_ids"].shape[1] >= batch.input_ids.shape[1]
-    assert host["label_at"].shape[1] % SHAPE_STEP == 0
+    assert host["label_at"].shape[1] % LABEL_STEP == 0
     # every label sits at its position, the padding targets are ignored
     assert (host["targets"] != IGNORE_INDEX).sum(1).tolist() == batch.num_supervised.tolist()
     torch.manual_seed(0)
