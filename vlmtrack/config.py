@@ -97,7 +97,8 @@ class TrainConfig:
     resume_from: str = ""
     kernels: str = "auto"  # auto (liger-kernel on CUDA when installed) | liger | torch
     cuda_graphs: str = "auto"  # auto (on CUDA below 64 sequences per step, where launches dominate) | on | off
-    compile: str = "auto"  # auto (on CUDA from 64 sequences per step and 1,000 steps, not graphed) | on (a graphed step too) | off
+    # auto (on CUDA from 64 sequences per step and 1,000 steps, not graphed) | on (a graphed step too) | off
+    compile: str = "auto"
     # CPU, memory, disk, network and GPU utilisation/memory as MLflow system metrics, every 10 s (MLflow's
     # MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL overrides the interval)
     system_metrics: bool = True

@@ -26,8 +26,8 @@ def test_the_sizes_it_counts_are_the_shapes_the_graphed_step_makes():
     items = []
     for i, (human, caption) in enumerate(pairs):
         e = encode_sample(tokenizer, human, caption, image_id, 4, 512)
-        items.append({"input_ids": e.input_ids, "labels": e.labels, "pixel_values": torch.zeros(3, 2, 2), "bucket": "short",
-                      "label_len": e.label_len, "num_supervised": e.num_supervised, "truncated": e.truncated,
+        items.append({"input_ids": e.input_ids, "labels": e.labels, "pixel_values": torch.zeros(3, 2, 2),
+                      "bucket": "short", "label_len": e.label_len, "num_supervised": e.num_supervised, "truncated": e.truncated,
                       "id": str(i), "image_relpath": f"{i}.jpg"})
     host = static_inputs(_Backbone(tokenizer), collate(items, 0), num_latents=4)
     assert host["input_ids"].shape[1] == -(-max(s for s, _ in sizes) // SHAPE_STEP) * SHAPE_STEP
